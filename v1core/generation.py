@@ -1,0 +1,333 @@
+"""Traced generation: `model.generate` itself, recording what v1 believed at every step, while it decodes.
+
+We do not re-implement decoding. `generate` runs in a worker thread with two small attachments:
+a forward hook that reads the raw logits of each step (the tensor decoding starts from) and summarises them
+on the device (p_copy, pointer, entropy, top-k, gate), and a `StoppingCriteria` that sees the chosen token,
+pairs it with that summary, hands a `Step` to the consumer and checks for cancellation. Ids are therefore
+exactly `generate`'s, and the cost is a softmax and a small copy per step.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from .processing_v1 import V1Processor
+from .trace import DecodingSettings, Step, Trace
+
+TOPK = 5
+
+
+class GenerationCancelled(Exception):
+    """Raised inside the worker when the consumer cancelled; never escapes `generate_trace`."""
+
+
+@dataclass
+class _StepStats:
+    p_copy: torch.Tensor  # [B]
+    entropy: torch.Tensor  # [B]
+    pointer: torch.Tensor  # [B, P]
+    topk_probs: torch.Tensor  # [B, k]
+    topk_ids: torch.Tensor  # [B, k]
+    gate: torch.Tensor | None  # [B]
+
+
+def summarise_logits(
+    logits: torch.Tensor, copy_token_start: int, n_patches: int, gate: torch.Tensor | None = None, k: int = TOPK
+) -> _StepStats:
+    """Everything a Step shows, from one row of raw logits [B, V] (float32 maths, on the logits' device)."""
+    logits = logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    probs = logprobs.exp()
+    copy_logits = logits[:, copy_token_start : copy_token_start + n_patches]
+    p_copy = probs[:, copy_token_start : copy_token_start + n_patches].sum(dim=-1)
+    pointer = torch.softmax(copy_logits, dim=-1)
+    entropy = -(pointer * torch.log_softmax(copy_logits, dim=-1)).nan_to_num(0.0).sum(dim=-1)
+    top = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    return _StepStats(
+        p_copy=p_copy,
+        entropy=entropy,
+        pointer=pointer,
+        topk_probs=top.values,
+        topk_ids=top.indices,
+        gate=None if gate is None else gate.float().reshape(gate.shape[0], -1)[:, -1],
+    )
+
+
+class TraceRecorder(StoppingCriteria):
+    """Forward hook + stopping criterion that turn each decoding step into `Step`s, one per batch row.
+
+    `on_step(row, step)` is called from the generating thread as soon as a token is chosen.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: V1Processor,
+        n_patches: Sequence[int],
+        grids: Sequence[tuple[int, int]],
+        on_step: Callable[[int, Step], None],
+        eos_token_ids: Sequence[int] = (),
+        cancel: threading.Event | None = None,
+        topk: int = TOPK,
+    ):
+        self.model = model
+        self.processor = processor
+        self.copy_token_start = processor.copy_token_start
+        self.n_patches = list(n_patches)
+        self.grids = list(grids)
+        self.on_step = on_step
+        self.eos = set(int(e) for e in eos_token_ids)
+        self.cancel = cancel or threading.Event()
+        self.topk = topk
+        self.pending: _StepStats | None = None
+        self.decoders = [processor.incremental_decoder() for _ in self.n_patches]
+        self.finished = [False] * len(self.n_patches)
+        self.counts = [0] * len(self.n_patches)
+        self._handle = None
+
+    # hook: runs after every forward inside generate
+    def _hook(self, module, args, kwargs, output) -> None:
+        logits = output.logits[:, -1, :]
+        gate = getattr(output, "gate", None)
+        self.pending = summarise_logits(
+            logits, self.copy_token_start, max(self.n_patches), None if gate is None else gate[:, -1], self.topk
+        )
+
+    def __enter__(self) -> "TraceRecorder":
+        self._handle = self.model.register_forward_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        stats, self.pending = self.pending, None
+        chosen = input_ids[:, -1].tolist()
+        if stats is not None:
+            cpu = {
+                "p_copy": stats.p_copy.cpu().tolist(),
+                "entropy": stats.entropy.cpu().tolist(),
+                "pointer": stats.pointer.cpu().numpy(),
+                "topk_probs": stats.topk_probs.cpu().tolist(),
+                "topk_ids": stats.topk_ids.cpu().tolist(),
+                "gate": None if stats.gate is None else stats.gate.cpu().tolist(),
+            }
+            for row, token_id in enumerate(chosen):
+                if self.finished[row]:
+                    continue
+                self.on_step(row, self._make_step(row, int(token_id), cpu))
+                if token_id in self.eos:
+                    self.finished[row] = True
+        stop = self.cancel.is_set()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+    def _make_step(self, row: int, token_id: int, cpu: dict[str, Any]) -> Step:
+        n = self.n_patches[row]
+        rows, cols = self.grids[row]
+        pointer = np.asarray(cpu["pointer"][row][:n], dtype=np.float32).reshape(rows, cols)
+        is_copy = token_id >= self.copy_token_start
+        step = Step(
+            index=self.counts[row],
+            token_id=token_id,
+            text=self.decoders[row].push(token_id),
+            is_copy=is_copy,
+            patch=token_id - self.copy_token_start if is_copy else None,
+            p_copy=float(cpu["p_copy"][row]),
+            entropy=float(cpu["entropy"][row]),
+            gate=None if cpu["gate"] is None else float(cpu["gate"][row]),
+            topk_ids=[int(i) for i in cpu["topk_ids"][row]],
+            topk_texts=[self.processor.token_text(int(i)) for i in cpu["topk_ids"][row]],
+            topk_probs=[float(p) for p in cpu["topk_probs"][row]],
+            pointer=pointer,
+        )
+        self.counts[row] += 1
+        return step
+
+
+def _eos_ids(model: torch.nn.Module, generate_kwargs: dict[str, Any]) -> list[int]:
+    eos = generate_kwargs.get("eos_token_id")
+    if eos is None:
+        eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+def _patch_counts(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[list[int], list[tuple[int, int]]]:
+    merge = model.config.vision_config.spatial_merge_size
+    counts, grids = [], []
+    for t, h, w in inputs["image_grid_thw"].tolist():
+        rows, cols = h // merge, w // merge
+        counts.append(int(t * rows * cols))
+        grids.append((int(t * rows), int(cols)))
+    return counts, grids
+
+
+def generate_trace(
+    model: torch.nn.Module,
+    inputs: dict[str, Any],
+    processor: V1Processor | None = None,
+    *,
+    cancel: threading.Event | None = None,
+    seed: int | None = None,
+    topk: int = TOPK,
+    **generate_kwargs: Any,
+) -> Iterator[Step]:
+    """Yield one `Step` per decoded token *while* `model.generate(**inputs, **generate_kwargs)` runs.
+
+    Takes `generate`'s decoding arguments (do_sample, temperature, top_p, top_k, repetition_penalty,
+    max_new_tokens, min_new_tokens, …) plus `seed`. Set `cancel` (a `threading.Event`) or simply stop
+    iterating to end decoding after the current step. Batch size must be 1 here; see `generate_traces`.
+    """
+    if inputs["input_ids"].shape[0] != 1:
+        raise ValueError("generate_trace decodes one sample; use generate_traces for batches")
+    for _row, step in generate_traces(
+        model, inputs, processor, cancel=cancel, seed=seed, topk=topk, **generate_kwargs
+    ):
+        yield step
+
+
+def generate_traces(
+    model: torch.nn.Module,
+    inputs: dict[str, Any],
+    processor: V1Processor | None = None,
+    *,
+    cancel: threading.Event | None = None,
+    seed: int | None = None,
+    topk: int = TOPK,
+    **generate_kwargs: Any,
+) -> Iterator[tuple[int, Step]]:
+    """Batched form: yields `(row, step)`; each row's pointers cover only its own image's patches."""
+    processor = processor or getattr(model, "v1_processor", None)
+    if processor is None:
+        raise ValueError("generate_trace needs the V1Processor (pass processor=, or load with v1core.load_model)")
+    cancel = cancel or threading.Event()
+    out: queue.Queue = queue.Queue()
+    done = object()
+    n_patches, grids = _patch_counts(model, inputs)
+    recorder = TraceRecorder(
+        model, processor, n_patches, grids, lambda row, step: out.put((row, step)),
+        eos_token_ids=_eos_ids(model, generate_kwargs), cancel=cancel, topk=topk,
+    )
+    user_criteria = generate_kwargs.pop("stopping_criteria", None) or []
+    criteria = StoppingCriteriaList([recorder, *user_criteria])
+    device = next(model.parameters()).device
+    model_inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+
+    def work() -> None:
+        try:
+            if seed is not None:
+                torch.manual_seed(seed)
+            with torch.inference_mode(), recorder:
+                model.generate(**model_inputs, stopping_criteria=criteria, **generate_kwargs)
+        except BaseException as exc:  # handed to the consumer
+            out.put(exc)
+        finally:
+            out.put(done)
+
+    worker = threading.Thread(target=work, name="v1-generate", daemon=True)
+    worker.start()
+    finished = False
+    try:
+        while True:
+            item = out.get()
+            if item is done:
+                finished = True
+                break
+            if isinstance(item, BaseException):
+                raise item
+            if cancel.is_set():  # cancelled between steps: nothing after the request is reported
+                break
+            yield item
+    finally:
+        if not finished:
+            cancel.set()  # the consumer stopped early: end decoding after the current step
+        worker.join()
+
+
+@dataclass
+class TraceRun:
+    """One (image, question) decoding that fills a `Trace` as steps arrive — what the app and CLI use.
+
+    Iterate it to stream steps; `trace` is `running` meanwhile and ends `complete`, `cancelled` or `failed`.
+    """
+
+    model: torch.nn.Module
+    processor: V1Processor
+    image: Any  # PIL.Image
+    question: str
+    settings: DecodingSettings = field(default_factory=DecodingSettings)
+    image_sha256: str = ""
+    model_id: str = ""
+    system_prompt: str | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    trace: Trace | None = None
+
+    def __post_init__(self) -> None:
+        from .images import image_sha256
+
+        batch, infos = self.processor(self.image, self.question, self.system_prompt, return_info=True)
+        self.inputs = batch
+        info = infos[0]
+        self.trace = Trace(
+            model_id=self.model_id or getattr(self.model, "v1_model_id", "") or self.model.config.name_or_path,
+            image_sha256=self.image_sha256 or image_sha256(self.image),
+            image_size=(self.image.width, self.image.height),
+            resized_size=info.grid.resized,
+            grid=info.grid.shape,
+            question=self.question,
+            system_prompt=info.system_prompt,
+            settings=self.settings,
+            status="running",
+            prompt_tokens=info.prompt_tokens,
+        )
+
+    def __iter__(self) -> Iterator[Step]:
+        trace = self.trace
+        assert trace is not None
+        start = time.perf_counter()
+        first_token_at = None
+        try:
+            for step in generate_trace(
+                self.model, self.inputs, self.processor, cancel=self.cancel, seed=self.settings.seed,
+                **self.settings.generate_kwargs(),
+            ):
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                trace.steps.append(step)
+                yield step
+        except Exception as exc:
+            trace.status, trace.error = "failed", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            end = time.perf_counter()
+            eos = set(_eos_ids(self.model, {}))
+            ids = [s.token_id for s in trace.steps]
+            while ids and ids[-1] in eos:
+                ids.pop()
+            trace.output_text = self.processor.decode(ids)
+            decode_s = end - (first_token_at or end)
+            trace.timings = {
+                "prefill_s": round((first_token_at or end) - start, 4),
+                "decode_s": round(decode_s, 4),
+                "total_s": round(end - start, 4),
+                "tokens_per_s": round((len(trace.steps) - 1) / decode_s, 2) if decode_s > 0 and len(trace.steps) > 1 else 0.0,
+            }
+            if trace.status == "running":
+                trace.status = "cancelled" if self.cancel.is_set() else "complete"
+
+    def run(self) -> Trace:
+        for _ in self:
+            pass
+        assert self.trace is not None
+        return self.trace
