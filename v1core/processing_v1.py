@@ -105,7 +105,7 @@ class V1Processor:
         add_copy_tokens(tokenizer, copy_token_num, copy_token_start)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = "<|endoftext|>"
-        self._special_ids = set(tokenizer.all_special_ids)
+        self._special_ids = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -1,0 +1,153 @@
+"""Supervised training of a V1ForConditionalGeneration on (image, question, v1-format answer) examples.
+
+Short on purpose (nanoGPT-style): one example builder shared by the demo scenes and by exported v1g rows,
+one collate, one loop. Loss is v1's own: cross-entropy over [vocabulary ∥ image patches] + top-k z-loss,
+computed inside the model's forward.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from PIL import Image
+
+from .processing_v1 import V1Processor
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    pixel_values: torch.Tensor
+    image_grid_thw: torch.Tensor  # [1, 3]
+
+
+def build_example(processor: V1Processor, image: Image.Image, question: str, answer_text: str) -> Example:
+    """Prompt exactly as at inference; labels only on the answer (+ `<|im_end|>`).
+
+    `answer_text` is trusted training text in v1's output format, so its `<|copy_k|>` markers become
+    copy ids (unlike user questions, which are tokenised with special tokens disabled).
+    """
+    batch = processor(image, question)
+    prompt = batch["input_ids"][0].tolist()
+    answer = processor.tokenizer(answer_text, add_special_tokens=False)["input_ids"]
+    answer.append(processor.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    n_patches = int(batch["image_grid_thw"][0].prod()) // processor.merge_size**2
+    bad = [t for t in answer if t >= processor.copy_token_start + n_patches]
+    if bad:
+        raise ValueError(f"answer copies patch {bad[0] - processor.copy_token_start} but the image has {n_patches}")
+    return Example(
+        input_ids=prompt + answer,
+        labels=[-100] * len(prompt) + answer,
+        pixel_values=batch["pixel_values"],
+        image_grid_thw=batch["image_grid_thw"],
+    )
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch; the model derives M-RoPE positions from input_ids and the attention mask."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": mask,
+        "pixel_values": torch.cat([e.pixel_values for e in examples]),
+        "image_grid_thw": torch.cat([e.image_grid_thw for e in examples]),
+    }
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 600
+    batch_size: int = 8
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 40
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)  # the paper's AdamW betas
+    grad_clip: float = 1.0
+    seed: int = 0
+    time_budget_s: float | None = None  # stop early (and say so) when the wall-clock budget is spent
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def train(
+    model: torch.nn.Module,
+    processor: V1Processor,
+    examples: Iterator[Example],
+    cfg: TrainConfig,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+) -> list[float]:
+    """Plain AdamW loop with warmup + cosine decay; returns the loss of every step."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=cfg.betas,
+    )
+    model.train()
+    losses: list[float] = []
+    pad = processor.tokenizer.pad_token_id
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc="train", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        batch = collate([next(examples) for _ in range(cfg.batch_size)], pad)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        out = model(**batch, use_cache=False)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        loss = float(out.loss)
+        losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{group['lr']:.1e}")
+        if log:
+            log({"step": step, "loss": loss, "lr": group["lr"], "elapsed_s": time.perf_counter() - start})
+        if cfg.time_budget_s and time.perf_counter() - start > cfg.time_budget_s:
+            bar.write(f"time budget of {cfg.time_budget_s:.0f}s reached after {step + 1} steps")
+            break
+    model.eval()
+    return losses
+
+
+def cycle(make: Callable[[int], Example], seeds: Iterable[int]) -> Iterator[Example]:
+    """Endless stream of examples over a seed sequence (reshuffled each pass)."""
+    seeds = list(seeds)
+    rng = random.Random(0)
+    while True:
+        rng.shuffle(seeds)
+        for s in seeds:
+            yield make(s)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
