@@ -1,0 +1,63 @@
+"""The Trace schema: JSON round trip, compact pointers, revisits with detect() context."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from v1core.trace import DecodingSettings, Step, Trace, copy_runs, parse_detect_spans, pointers_from_bytes, pointers_to_bytes
+
+
+def make_trace(texts_ids, grid=(4, 5), image_size=(140, 112)) -> Trace:
+    rng = np.random.default_rng(0)
+    steps = []
+    for i, (text, tid) in enumerate(texts_ids):
+        p = rng.random(grid).astype(np.float32)
+        is_copy = tid >= 1000
+        steps.append(Step(index=i, token_id=tid, text=text, is_copy=is_copy, patch=tid - 1000 if is_copy else None,
+                          p_copy=0.5, entropy=1.0, pointer=p / p.sum()))
+    return Trace(model_id="m", image_sha256="ab" * 32, image_size=image_size, resized_size=(140, 112), grid=grid,
+                 question="q?", steps=steps, output_text="".join(t for t, _ in texts_ids),
+                 settings=DecodingSettings(max_new_tokens=9))
+
+
+DETECT = [('<think>look detect(query="red \\"ball\\"", objects=["<obj0><region>[0.0, 0.0, 0.4, 0.5]', 1),
+          ("<|copy_0|>", 1000), ("<|copy_1|>", 1001), ("<|copy_3|>", 1003), ('</region>"]) ok', 2),
+          ("<|copy_19|>", 1019), ("</think>red", 3)]
+
+
+def test_round_trip_json_with_float16_pointers():
+    tr = make_trace(DETECT)
+    d = json.loads(json.dumps(tr.to_dict()))
+    back = Trace.from_dict(d)
+    assert back.to_dict() == d  # stable after one quantisation
+    assert np.abs(back.pointer_matrix() - tr.pointer_matrix()).max() < 1e-3
+    assert back.settings == tr.settings and back.steps[1].patch == 0
+    no_ptr = Trace.from_dict(tr.to_dict(include_pointers=False))
+    assert not no_ptr.has_pointers
+
+
+def test_revisits_are_runs_with_separate_boxes_and_detect_context():
+    tr = make_trace(DETECT)
+    assert copy_runs(tr.steps) == [(1, 4), (5, 6)]
+    first, second = tr.revisits
+    assert first.patches == [0, 1, 3]
+    assert len(first.boxes) == 2  # cells 0-1 touch, cell 3 stands apart
+    assert first.query == 'red "ball"' and first.object_name == "obj0" and first.normalized_box == (0.0, 0.0, 0.4, 0.5)
+    assert second.query is None and second.patches == [19]
+    assert tr.answer == "red"
+
+
+def test_bare_region_form_is_accepted():
+    spans = parse_detect_spans('detect(query="x", objects=["<region>[0.1, 0.2, 0.3, 0.4]<|copy_5|></region>"])')
+    assert spans[0]["object_name"] is None and spans[0]["copies"] == [5]
+
+
+def test_bad_input_gets_clear_errors():
+    with pytest.raises(ValueError, match="missing"):
+        Trace.from_dict({"model_id": "m"})
+    with pytest.raises(ValueError, match="expected"):
+        pointers_from_bytes(b"\x00" * 10, 2, (2, 2))
+    assert len(pointers_to_bytes(np.zeros((3, 2, 2)))) == 24
