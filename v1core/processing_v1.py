@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -105,7 +106,10 @@ class V1Processor:
         add_copy_tokens(tokenizer, copy_token_num, copy_token_start)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = "<|endoftext|>"
-        self._special_ids = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+        added = {t for t in tokenizer.get_added_vocab() if not t.startswith("<|copy_")}
+        self._guarded_ids = {tokenizer.convert_tokens_to_ids(t) for t in added} | set(tokenizer.all_special_ids)
+        self._guarded_ids.discard(tokenizer.unk_token_id)
+        self._added_re = re.compile("|".join(re.escape(t) for t in sorted(added, key=len, reverse=True))) if added else None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -166,12 +170,27 @@ class V1Processor:
 
     # ------------------------------------------------------------------ text
     def encode_user_text(self, text: str) -> list[int]:
-        """Tokenise untrusted text so that no special or copy token can come out of it."""
-        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        bad = [i for i in ids if i in self._special_ids or i >= self.copy_token_start]
+        """Tokenise untrusted text so that no added, special or copy token can come out of it.
+
+        `split_special_tokens` covers special tokens; *non-special* added tokens (Qwen's `<|fim_pad|>`, which v1
+        uses as its region token, or `<think>`) would still match, so each occurrence is cut after its first
+        character and the two halves are tokenised apart: the text survives, the token does not.
+        """
+        ids: list[int] = []
+        pos = 0
+        for m in self._added_re.finditer(text) if self._added_re else ():
+            ids += self._encode_plain(text[pos : m.start()] + m.group(0)[0])
+            pos = m.start() + 1
+        ids += self._encode_plain(text[pos:])
+        bad = [i for i in ids if i in self._guarded_ids or i >= self.copy_token_start]
         if bad:  # never expected: split_special_tokens failed for this tokenizer
             raise ValueError(f"user text produced special token ids {bad[:5]}; refusing to build the prompt")
         return ids
+
+    def _encode_plain(self, text: str) -> list[int]:
+        if not text:
+            return []
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def _special(self, token: str) -> int:
         tid = self.tokenizer.convert_tokens_to_ids(token)

@@ -85,10 +85,14 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop early (and say so) when the wall-clock budget is spent
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
+    """Linear warm-up, then cosine to `min_lr_ratio`; with a time budget the decay follows whichever of
+    steps or wall-clock runs out first, so a slow machine still ends on a decayed learning rate."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.time_budget_s:
+        progress = max(progress, elapsed_s / cfg.time_budget_s)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
@@ -119,13 +123,13 @@ def train(
     for step in bar:
         batch = collate([next(examples) for _ in range(cfg.batch_size)], pad)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr_at(step, cfg, time.perf_counter() - start)
         out = model(**batch, use_cache=False)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        loss = float(out.loss)
+        loss = out.loss.detach().item()
         losses.append(loss)
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{group['lr']:.1e}")
         if log:

@@ -1,0 +1,52 @@
+"""The embedded demo: synthetic scenes, v1-format target traces, and a locally built Qwen2-style tokenizer.
+
+- `scenes`: `make_scene(seed)` — coloured shapes + one question that needs a look at one or two objects;
+  train seeds in `TRAIN_SEED_RANGE`, eval seeds from `EVAL_SEED_START`; demo pixel limits `DEMO_MIN_PIXELS`
+  / `DEMO_MAX_PIXELS` (grid at most 16x16).
+- `targets`: `target_text(scene, grid)` in v1's exact output format; `target_v1g_row` / `expand_v1g_assistant`
+  for the v1g row layout (the latter also serves real exported rows).
+- `tokenizer`: `build_demo_tokenizer(corpus, vocab_size, n_copy_tokens) -> (tokenizer, DemoTokenIds)`.
+
+Names are imported lazily so `import v1core.demo` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "Scene": "scenes",
+    "SceneObject": "scenes",
+    "make_scene": "scenes",
+    "make_scenes": "scenes",
+    "question_candidates": "scenes",
+    "split_of": "scenes",
+    "train_seeds": "scenes",
+    "eval_seeds": "scenes",
+    "DEMO_MIN_PIXELS": "scenes",
+    "DEMO_MAX_PIXELS": "scenes",
+    "TRAIN_SEED_RANGE": "scenes",
+    "EVAL_SEED_START": "scenes",
+    "KINDS": "scenes",
+    "SHAPES": "scenes",
+    "COLOURS": "scenes",
+    "target_text": "targets",
+    "target_v1g_row": "targets",
+    "expand_v1g_assistant": "targets",
+    "expand_v1g_row": "targets",
+    "region_markup": "targets",
+    "v1g_question": "targets",
+    "build_demo_tokenizer": "tokenizer",
+    "corpus_for_tokenizer": "tokenizer",
+    "DemoTokenIds": "tokenizer",
+    "CHAT_TEMPLATE": "tokenizer",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'v1core.demo' has no attribute {name!r}")
