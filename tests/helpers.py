@@ -58,3 +58,14 @@ def fixture_expected() -> dict:
 
 def fixture_meta() -> dict:
     return json.loads((SMALL / "meta.json").read_text())
+
+
+def make_fixture_checkpoint(path) -> Path:
+    """A loadable checkpoint dir (model + tokenizer + processor config) from the reference fixture.
+
+    The weights are random, so its text is gibberish, but it exercises every layer end to end.
+    """
+    path = Path(path)
+    fixture_model().save_pretrained(path)
+    fixture_processor().save_pretrained(path)
+    return path
