@@ -37,7 +37,7 @@ def serve(
 
 
 def _register_layers() -> None:
-    for module in ("v1core.commands", "storage.commands"):
+    for module in ("v1core.commands", "storage.commands", "app.trace_cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:  # a layer not installed yet
