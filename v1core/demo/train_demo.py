@@ -28,8 +28,8 @@ from .tokenizer import DemoTokenIds, build_demo_tokenizer
 # Small enough to train in minutes on 2 CPU cores; big enough that pointing works.
 DEMO_TEXT = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]})
-DEMO_VISION = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=14, spatial_merge_size=2,
-                   temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1], tokens_per_second=2)
+DEMO_VISION = dict(depth=3, hidden_size=96, intermediate_size=192, num_heads=4, patch_size=14, spatial_merge_size=2,
+                   temporal_patch_size=2, window_size=112, fullatt_block_indexes=[2], tokens_per_second=2)
 
 
 def demo_config(ids: DemoTokenIds) -> V1Config:
@@ -160,12 +160,12 @@ def evaluate(
 # --------------------------------------------------------------------------- training entry points
 def train_demo(
     out_dir: Path,
-    steps: int = 1400,
+    steps: int = 750,
     batch_size: int = 8,
     time_budget_s: float | None = 12.5 * 60,
     seed: int = 0,
     eval_n: int = 200,
-    lr: float = 3e-3,
+    lr: float = 2e-3,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train from scratch on synthetic scenes and write a complete checkpoint with its model card."""

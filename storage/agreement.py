@@ -1,0 +1,131 @@
+"""Inter-annotator agreement: Cohen's kappa on verdicts, patch IoU on corrected regions.
+
+For each trace, each annotator's *latest* saved version counts (conflict versions included: they are that
+person's judgement). Pairs of annotators are compared on the traces both labelled.
+
+Region of a revisit according to one annotator: `wrong_region` → their corrected patches (or the patches their
+corrected box touches); `correct` → the model's patches; `unnecessary` → no patches. The IoU is taken over the
+revisits both labelled where at least one of them marked `wrong_region` ("corrected regions"); two empty
+regions agree (IoU 1).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from .annotations import VERDICTS, Annotation
+
+if TYPE_CHECKING:
+    from .store import Store
+
+
+def cohen_kappa(pairs: Sequence[tuple[str, str]], categories: Sequence[str] = VERDICTS) -> float | None:
+    """Cohen's kappa of two raters' labels; None without data. Perfect agreement on one category → 1.0."""
+    n = len(pairs)
+    if n == 0:
+        return None
+    po = sum(1 for a, b in pairs if a == b) / n
+    ca = Counter(a for a, _ in pairs)
+    cb = Counter(b for _, b in pairs)
+    cats = set(categories) | set(ca) | set(cb)
+    pe = sum((ca[c] / n) * (cb[c] / n) for c in cats)
+    if pe >= 1.0:
+        return 1.0 if po >= 1.0 else 0.0
+    return (po - pe) / (1.0 - pe)
+
+
+def patch_iou(a: Iterable[int], b: Iterable[int]) -> float:
+    sa, sb = set(a), set(b)
+    if not sa and not sb:
+        return 1.0
+    return len(sa & sb) / len(sa | sb)
+
+
+def _region(ann: Annotation, idx: int, model_patches: list[int], grid: Any) -> set[int] | None:
+    lab = ann.label_for(idx)
+    if lab is None:
+        return None
+    if lab.label == "correct":
+        return set(model_patches)
+    if lab.label == "unnecessary":
+        return set()
+    if lab.corrected_patches:
+        return set(lab.corrected_patches)
+    if lab.corrected_box is not None and grid is not None:
+        return set(grid.bbox_to_patches(lab.corrected_box))
+    return set()
+
+
+def compute_agreement(store: "Store", annotators: Sequence[str] | None = None, **filters: Any) -> dict[str, Any]:
+    from v1core.geometry import PatchGrid
+
+    filters.setdefault("annotated", True)
+    wanted = set(annotators) if annotators else None
+    latest: dict[str, dict[str, Annotation]] = {}  # trace → annotator → latest annotation
+    geom: dict[str, Any] = {}
+    for rows in store._iter_rows(**filters):
+        ids = [r.id for r in rows]
+        hist = store._history_by_trace(ids)
+        revs = store._revisit_rows(ids)
+        for r in rows:
+            per: dict[str, Annotation] = {}
+            for rec in hist[r.id]:  # ascending versions: later ones win
+                if wanted is None or rec.annotator in wanted:
+                    per[rec.annotator] = rec.annotation
+            if len(per) >= 2:
+                latest[r.id] = per
+                try:
+                    grid = PatchGrid.from_resized((r.image_w, r.image_h), (r.resized_w, r.resized_h))
+                except ValueError:
+                    grid = None
+                geom[r.id] = (grid, {rv.idx: list(rv.patches) for rv in revs[r.id]})
+    names = sorted({a for per in latest.values() for a in per})
+    pairs_out = []
+    all_kappa_pairs: list[tuple[str, str]] = []
+    all_ious: list[float] = []
+    for a, b in itertools.combinations(names, 2):
+        vpairs: list[tuple[str, str]] = []
+        ious: list[float] = []
+        n_traces = 0
+        for tid, per in latest.items():
+            if a not in per or b not in per:
+                continue
+            n_traces += 1
+            x, y = per[a], per[b]
+            if x.verdict is not None and y.verdict is not None:
+                vpairs.append((x.verdict, y.verdict))
+            grid, model = geom[tid]
+            for idx in sorted({lab.revisit_index for lab in x.revisit_labels} | {lab.revisit_index for lab in y.revisit_labels}):
+                la, lb = x.label_for(idx), y.label_for(idx)
+                if la is None or lb is None or "wrong_region" not in (la.label, lb.label):
+                    continue
+                ra = _region(x, idx, model.get(idx, []), grid)
+                rb = _region(y, idx, model.get(idx, []), grid)
+                ious.append(patch_iou(ra or set(), rb or set()))
+        if n_traces == 0:
+            continue
+        kappa = cohen_kappa(vpairs)
+        pairs_out.append({
+            "annotators": (a, b),
+            "traces": n_traces,
+            "verdict_pairs": len(vpairs),
+            "observed_agreement": (sum(1 for p, q in vpairs if p == q) / len(vpairs)) if vpairs else None,
+            "kappa": kappa,
+            "corrected_regions": len(ious),
+            "mean_iou": (sum(ious) / len(ious)) if ious else None,
+        })
+        all_kappa_pairs.extend(vpairs)
+        all_ious.extend(ious)
+    return {
+        "annotators": names,
+        "traces": len(latest),
+        "pairs": pairs_out,
+        "kappa": cohen_kappa(all_kappa_pairs),  # pooled over all pairs
+        "mean_iou": (sum(all_ious) / len(all_ious)) if all_ious else None,
+        "corrected_regions": len(all_ious),
+    }
+
+
+__all__ = ["cohen_kappa", "compute_agreement", "patch_iou"]

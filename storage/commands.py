@@ -1,0 +1,168 @@
+"""storage's CLI commands, registered on the `v1studio` typer app by `app.cli`:
+
+    v1studio db upgrade [--db URL]
+    v1studio db check   [--db URL]
+    v1studio export {v1g,hf,traces,labelstudio} OUT [--verdict … --annotator … --tag … --only-corrected --images …]
+    v1studio import FILE_OR_FOLDER [--kind auto|traces|v1g]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+db_app = typer.Typer(help="Database maintenance (Alembic migrations).", no_args_is_help=True)
+export_app = typer.Typer(help="Export labelled traces as training data (v1g JSONL, HF parquet), full traces, or "
+                              "Label Studio tasks.", no_args_is_help=True)
+
+DB_HELP = "store URL or SQLite path (default: $V1STUDIO_DB, else ./data/v1studio.db)"
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(db_app, name="db")
+    app.add_typer(export_app, name="export")
+    app.command("import")(import_cmd)
+
+
+def _store(db: Optional[str]):
+    from .store import Store
+
+    return Store(db)
+
+
+def _label(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# ----------------------------------------------------------------------------- db
+@db_app.command("upgrade")
+def db_upgrade(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+               revision: str = typer.Option("head", help="target revision")) -> None:
+    """Apply Alembic migrations (the app and every command also do this at start-up)."""
+    from .db import make_engine, resolve_url, upgrade
+
+    url = resolve_url(db)
+    engine = make_engine(url)
+    try:
+        rev = upgrade(engine, revision)
+    finally:
+        engine.dispose()
+    typer.echo(f"{_label(url)}: schema at revision {rev}")
+
+
+@db_app.command("check")
+def db_check(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Integrity check (SQLite `PRAGMA integrity_check`) and counts."""
+    store = _store(db)
+    try:
+        res = store.integrity_check()
+        typer.echo(f"{_label(store.url)}: integrity {res}; {store.count_traces()} trace(s), "
+                   f"{store.count_traces(annotated=True)} annotated")
+        if res != "ok":
+            raise typer.Exit(1)
+    finally:
+        store.close()
+
+
+# ----------------------------------------------------------------------------- export
+def _export(kind: str, out: Path, db: Optional[str], **kw) -> None:
+    store = _store(db)
+    try:
+        fn = {"v1g": store.export_v1g, "hf": store.export_hf, "traces": store.export_traces,
+              "labelstudio": store.export_labelstudio}[kind]
+        kw = {k: v for k, v in kw.items() if v is not None}
+        try:
+            report = fn(out, progress=sys.stderr.isatty(), **kw)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
+    finally:
+        store.close()
+    for line in report.skipped:
+        typer.echo(f"skipped {line}", err=True)
+    typer.echo(report.summary())
+
+
+_VERDICT = typer.Option(None, "--verdict", help="keep traces whose current verdict is this (repeatable)")
+_ANNOTATOR = typer.Option(None, "--annotator", help="keep traces whose current annotation is by this person")
+_TAG = typer.Option(None, "--tag", help="keep traces with this tag (trace or annotation tag)")
+_ONLY = typer.Option(False, "--only-corrected", help="keep only traces with a corrected or added region")
+_MODEL = typer.Option(None, "--model", help="keep traces of this model_id")
+_DB = typer.Option(None, "--db", help=DB_HELP)
+
+
+@export_app.command("v1g")
+def export_v1g_cmd(out: Path = typer.Argument(..., help="output .jsonl"), verdict: Optional[List[str]] = _VERDICT,
+                   annotator: Optional[str] = _ANNOTATOR, tag: Optional[str] = _TAG, only_corrected: bool = _ONLY,
+                   model: Optional[str] = _MODEL,
+                   images: str = typer.Option("path", help="path (files in images/ next to OUT) | embed (base64) | none"),
+                   db: Optional[str] = _DB) -> None:
+    """v1g JSONL rows (conversation with <objN> keys + region boxes) that v1's training collate reads."""
+    _export("v1g", out, db, verdict=verdict or None, annotator=annotator, tag=tag, only_corrected=only_corrected,
+            model=model, images=images)
+
+
+@export_app.command("hf")
+def export_hf_cmd(out: Path = typer.Argument(..., help="output folder (train-NNNNN.parquet shards) or file.parquet"),
+                  verdict: Optional[List[str]] = _VERDICT, annotator: Optional[str] = _ANNOTATOR,
+                  tag: Optional[str] = _TAG, only_corrected: bool = _ONLY, model: Optional[str] = _MODEL,
+                  images: str = typer.Option("embed", help="embed (bytes in parquet) | path | none"),
+                  db: Optional[str] = _DB) -> None:
+    """Hugging Face parquet dataset with v1g's columns (datasets.load_dataset("parquet", …) opens it)."""
+    _export("hf", out, db, verdict=verdict or None, annotator=annotator, tag=tag, only_corrected=only_corrected,
+            model=model, images=images)
+
+
+@export_app.command("traces")
+def export_traces_cmd(out: Path = typer.Argument(..., help="output .jsonl"),
+                      verdict: Optional[List[str]] = _VERDICT, tag: Optional[str] = _TAG, model: Optional[str] = _MODEL,
+                      status: Optional[List[str]] = typer.Option(None, "--status", help="running/complete/failed/cancelled"),
+                      images: str = typer.Option("none", help="none | path | embed"),
+                      db: Optional[str] = _DB) -> None:
+    """Full traces (float16 pointers) with annotation history; `v1studio import` reads them back."""
+    _export("traces", out, db, verdict=verdict or None, tag=tag, model=model, status=status or None, images=images)
+
+
+@export_app.command("labelstudio")
+def export_labelstudio_cmd(out: Path = typer.Argument(..., help="output .json"),
+                           verdict: Optional[List[str]] = _VERDICT, annotator: Optional[str] = _ANNOTATOR,
+                           tag: Optional[str] = _TAG, only_corrected: bool = _ONLY, model: Optional[str] = _MODEL,
+                           images: str = typer.Option("path", help="path | embed (data URIs) | none"),
+                           db: Optional[str] = _DB) -> None:
+    """Label Studio tasks: model boxes as predictions, current annotation as annotations (percent boxes)."""
+    _export("labelstudio", out, db, verdict=verdict or None, annotator=annotator, tag=tag,
+            only_corrected=only_corrected, model=model, images=images)
+
+
+# ----------------------------------------------------------------------------- import
+def import_cmd(
+    source: Path = typer.Argument(..., help="full-trace JSONL, v1g JSONL/parquet, or a folder of them"),
+    kind: str = typer.Option("auto", help="auto | traces | v1g"),
+    model_id: str = typer.Option("v1g-data", help="model_id recorded for imported v1g rows"),
+    copy_token_start: int = typer.Option(151665, help="id of <|copy_0|> for v1g rows"),
+    db: Optional[str] = _DB,
+) -> None:
+    """Import traces; every bad line is reported with its line number, good lines are imported."""
+    store = _store(db)
+    try:
+        try:
+            report = store.import_file(source, kind=kind, model_id=model_id, copy_token_start=copy_token_start,
+                                       progress=sys.stderr.isatty())
+        except (FileNotFoundError, ValueError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
+    finally:
+        store.close()
+    for err in report.errors:
+        typer.echo(str(err), err=True)
+    typer.echo(report.summary())
+    if report.errors:
+        raise typer.Exit(1)
+
+
+__all__ = ["register"]

@@ -1,0 +1,26 @@
+"""v1 Studio: `streamlit run streamlit_app.py` (or `make run` / `v1studio serve`).
+
+Navigation is this list: adding a page is one line (a thin file in pages/ whose UI lives in app/).
+Shared state and resources for pages: app/state.py, app/resources.py.
+"""
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `app`, `v1core`, `storage` without installing
+
+from app import resources  # noqa: E402
+
+
+PAGES = [
+    st.Page("pages/viewer.py", title="Viewer", icon=":material/visibility:", url_path="viewer", default=True),
+    st.Page("pages/run.py", title="Run", icon=":material/play_circle:", url_path="run"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+]
+
+st.set_page_config(page_title="v1 Studio", page_icon=":material/my_location:", layout="wide")
+page = st.navigation(PAGES)
+resources.ensure_seeded()
+page.run()
