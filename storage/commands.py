@@ -166,3 +166,18 @@ def import_cmd(
 
 
 __all__ = ["register"]
+
+
+@export_app.command("preferences")
+def export_preferences_cmd(out: Path = typer.Argument(..., help="output .jsonl"),
+                           images: str = typer.Option("path", help="path (files in images/ next to OUT) | none"),
+                           db: Optional[str] = _DB) -> None:
+    """DPO-style pairs: chosen = a re-decoded branch whose answer an annotator marked correct, rejected = its parent."""
+    from .preferences import export_preferences
+
+    store = _store(db)
+    try:
+        report = export_preferences(store, out, images=images)
+    finally:
+        store.close()
+    typer.echo(report.summary())

@@ -133,3 +133,19 @@ def test_batched_traces_equal_unbatched(dataset, tmp_path):
     for x, y in zip(a, b):  # each sample's pointers are its own image's (no padding leaks)
         px, py = Trace.from_dict(x).pointer_matrix(), Trace.from_dict(y).pointer_matrix()
         assert px.shape == py.shape and abs(px - py).max() < 2e-3
+
+
+def test_trace_into_the_store_is_resumable(dataset, ckpt, tmp_path):
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    r = _cli("trace", str(dataset / "data.jsonl"), "--db", db, "--model", str(ckpt), "--max-new-tokens", "4",
+             "--limit", "6")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["done"] == 6
+    again = _cli("trace", str(dataset / "data.jsonl"), "--db", db, "--model", str(ckpt), "--max-new-tokens", "4",
+                 "--limit", "6")
+    assert json.loads(again.stdout.strip().splitlines()[-1])["skipped"] == 6
+    from storage import Store
+
+    store = Store(db)
+    traces = store.list_traces(limit=50)
+    assert len(traces) == 6

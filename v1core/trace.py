@@ -89,9 +89,13 @@ class Step:
     pointer: np.ndarray | None = None  # float32 [rows, cols]; None when imported without pointers
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("pointer")
-        return d
+        """Plain fields only (pointers travel in the trace's compact float16 blob). Built by hand:
+        `dataclasses.asdict` deep-copies and dominated full-trace exports."""
+        return {
+            "index": self.index, "token_id": self.token_id, "text": self.text, "is_copy": self.is_copy,
+            "patch": self.patch, "p_copy": self.p_copy, "entropy": self.entropy, "gate": self.gate,
+            "topk_ids": list(self.topk_ids), "topk_texts": list(self.topk_texts), "topk_probs": list(self.topk_probs),
+        }
 
 
 @dataclass
