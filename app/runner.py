@@ -122,3 +122,28 @@ def save_run(store: Any, trace: Trace) -> str:
     if trace.status == "running":  # interrupted before TraceRun could set its final status
         trace.status = "cancelled"
     return str(store.save_trace(trace))
+
+
+def redecode_and_save(handle: ModelHandle, store: Any, parent: Trace, image: Any, edit: Any,
+                      gate: "GenerationGate | None" = None) -> tuple[str, Trace]:
+    """Re-decode `parent` with `edit` (v1core.intervene.BranchEdit), store the child under its parent.
+
+    Serialised through the generation gate like any run. Returns (child id, child trace)."""
+    from contextlib import nullcontext
+
+    from v1core.intervene import BranchRun
+
+    with gate.hold(f"re-decoding {parent.trace_id[:8]}") if gate is not None else nullcontext():
+        child = BranchRun(handle.model, handle.processor, image, parent, edit).run()
+    return store.save_trace(child), child
+
+
+def answer_diff(parent: Trace, child: Trace) -> dict[str, Any]:
+    """What the branch changed: the two answers, whether they differ, and the first step where pointers diverge."""
+    first = None
+    for a, b in zip(parent.steps, child.steps):
+        if a.token_id != b.token_id:
+            first = a.index
+            break
+    return {"parent_answer": parent.answer, "branch_answer": child.answer,
+            "answer_changed": parent.answer.strip() != child.answer.strip(), "first_divergent_step": first}

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from v1core.intervene import BranchEdit
+
 from . import resources, state
 from .figures import HeatmapCanvas, HeatmapStyle, step_title, timeline_figure
 from .safe_text import md_escape, token_markdown
@@ -237,3 +239,60 @@ def _revisit_list(revisits: list) -> None:
                     q = f'detect(query="{rv.query}")' if rv.query is not None else ""
                     obj = f" · {rv.object_name}" if rv.object_name else ""
                     st.caption(md_escape(q + obj))
+                _redecode_controls(i, rv)
+    _branches()
+
+
+def _redecode_controls(i: int, rv: Any) -> None:
+    """"Had it looked elsewhere…": re-decode from this revisit without it, or with another region."""
+    trace = resources.load_trace(state.selected_trace_id())
+    if trace is None or not trace.has_pointers:
+        return
+    cols = st.columns(2)
+    if cols[0].button("Re-decode without", key=f"redecode_remove_{i}", width="stretch",
+                      help="skip this revisit (ablation) and let the model continue"):
+        _run_branch(trace, BranchEdit("remove", revisit=i))
+    with cols[1].popover("Re-decode with region…", width="stretch"):
+        picked = st.multiselect("patches (merged-patch ids, row-major)", list(range(trace.n_patches)),
+                                default=sorted(set(rv.patches)), key=f"redecode_patches_{i}")
+        if st.button("Re-decode", key=f"redecode_replace_{i}", disabled=not picked):
+            _run_branch(trace, BranchEdit("replace", revisit=i, patches=[int(p) for p in picked]))
+
+
+def _run_branch(trace: Any, edit: Any) -> None:
+    from app.runner import answer_diff, redecode_and_save
+
+    image = resources.trace_image(trace.image_sha256)
+    if image is None:
+        st.error("The trace's image is not in the store; it cannot be re-decoded.")
+        return
+    with st.spinner("Re-decoding from the revisit…"):
+        try:
+            child_id, child = redecode_and_save(resources.get_model(), resources.get_store(), trace, image, edit,
+                                                resources.generation_gate())
+        except ValueError as exc:
+            st.error(str(exc))
+            return
+    diff = answer_diff(trace, child)
+    st.session_state["last_branch"] = {"id": child_id, **diff}
+
+
+def _branches() -> None:
+    """The re-decoded children of this trace, and what the last re-decode changed."""
+    trace_id = state.selected_trace_id()
+    last = st.session_state.get("last_branch")
+    if last:
+        verdict = "changed" if last["answer_changed"] else "did not change"
+        st.info(f"The answer {verdict}: {last['parent_answer']!r} → {last['branch_answer']!r}"
+                f" (first different step: {last['first_divergent_step']})")
+    if not trace_id:
+        return
+    kids = resources.get_store().list_traces(parent_id=trace_id, limit=50)
+    if kids:
+        st.markdown(f"**Branches** ({len(kids)})")
+        for k in kids:
+            c = st.columns([5, 2], vertical_alignment="center")
+            c[0].caption(f"from step {k.branch_step} · {md_escape(str(k.id)[:8])}")
+            if c[1].button("Open", key=f"open_branch_{k.id}", width="stretch"):
+                st.session_state.pop("last_branch", None)
+                state.open_in_viewer(k.id)

@@ -178,3 +178,34 @@ def test_picking_another_trace_in_the_selectbox_sticks(app_env):  # noqa: F811
     no_exceptions(at)
     assert at.selectbox(key="trace_select").value == b.trace_id
     assert heatmap_meta(at) == {"step": 4, "trace": b.trace_id}
+
+
+def test_redecode_with_another_region_stores_a_branch_and_reports_the_answer_diff(tmp_path, monkeypatch):
+    """Issue 8 in the app: re-decoding with another region creates a child trace listed under its parent."""
+    from app.runner import answer_diff, redecode_and_save
+    from app import resources
+    from v1core.intervene import BranchEdit
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.helpers import fixture_model, fixture_processor
+    from v1core.generation import TraceRun
+    from v1core.trace import DecodingSettings
+    from app.runner import ModelHandle
+    from storage import Store
+
+    model, proc = fixture_model(), fixture_processor()
+    model.generation_config.eos_token_id = 2
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 255, (100, 140, 3), dtype=np.uint8))
+    parent = TraceRun(model, proc, image, "w7", DecodingSettings(max_new_tokens=16, min_new_tokens=16)).run()
+    assert parent.revisits
+    store = Store(f"sqlite:///{tmp_path / 'b.db'}")
+    store.save_trace(parent)
+    handle = ModelHandle(model=model, processor=proc, model_id="fixture", path="", device="cpu")
+    other = next(p for p in range(parent.n_patches) if p not in parent.revisits[0].patches)
+    child_id, child = redecode_and_save(handle, store, parent, image, BranchEdit("replace", revisit=0, patches=[other]))
+    assert [k.id for k in store.list_traces(parent_id=parent.trace_id)] == [child_id]
+    diff = answer_diff(parent, child)
+    assert diff["first_divergent_step"] == parent.revisits[0].start_step
+    assert set(diff) == {"parent_answer", "branch_answer", "answer_changed", "first_divergent_step"}
