@@ -44,7 +44,9 @@ test: install-test
 
 bench: install
 	$(BIN)/python bench/tracing_overhead.py
+	$(BIN)/python bench/branching.py
 	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/figure.py
 
 clean:
 	rm -rf $(VENV) data artifacts
