@@ -18,6 +18,9 @@ PAGES = [
     st.Page("pages/viewer.py", title="Viewer", icon=":material/visibility:", url_path="viewer", default=True),
     st.Page("pages/run.py", title="Run", icon=":material/play_circle:", url_path="run"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+    st.Page("pages/annotate.py", title="Annotate", icon=":material/edit_note:", url_path="annotate"),
+    st.Page("pages/library.py", title="Library", icon=":material/table_view:", url_path="library"),
+    st.Page("pages/export.py", title="Export", icon=":material/download:", url_path="export"),
 ]
 
 st.set_page_config(page_title="v1 Studio", page_icon=":material/my_location:", layout="wide")
