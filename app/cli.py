@@ -30,7 +30,7 @@ def serve(
         sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
         "--server.port", str(port), "--server.address", host,
         "--server.headless", "true" if headless else "false",
-        "--browser.gatherUsageStats", "false",
+        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
     ]
     typer.echo(f"v1 Studio on http://{host}:{port}")
     raise typer.Exit(subprocess.call(cmd))
