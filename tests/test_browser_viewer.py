@@ -39,7 +39,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, checkpoint_dir):  # noqa: F811
+def browser_checkpoint(tmp_path_factory):
+    """The random fixture model: it decodes until max_new_tokens, so Stop is clickable mid-run (the trained
+    demo model answers in about a second, too fast to stop); the UI under test does not depend on the model."""
+    from tests.helpers import make_fixture_checkpoint
+
+    return make_fixture_checkpoint(tmp_path_factory.mktemp("browser_ckpt"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, browser_checkpoint):  # noqa: F811
     from storage import Store
 
     tmp = tmp_path_factory.mktemp("browser")
@@ -52,7 +61,7 @@ def server(tmp_path_factory, checkpoint_dir):  # noqa: F811
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
          "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env_for_subprocess(db_url, checkpoint_dir), stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, env=env_for_subprocess(db_url, browser_checkpoint), stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
