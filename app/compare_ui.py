@@ -171,7 +171,20 @@ def _two_traces(a_id: str, b_id: str, style: HeatmapStyle) -> None:
                f"{len(tb.steps)} steps · aligned by step index")
     n = min(len(ta.steps), len(tb.steps))
     same_grid = tuple(ta.grid) == tuple(tb.grid)
-    i = _step_slider("Step (both traces)", "compare_step", n, 0)
+    parent, child = (ta, tb) if tb.parent_id == ta.trace_id else (tb, ta) if ta.parent_id == tb.trace_id else (None, None)
+    default_step = 0
+    if parent is not None:  # a re-decoded branch: where it diverges and whether the answer changed
+        from app.runner import answer_diff
+
+        d = answer_diff(parent, child)
+        edit = child.branch_edit or {}
+        st.info(f"Branch of A re-decoded from step {child.branch_step} ({md_escape(str(edit.get('kind', '')))}"
+                f"{' → patches ' + md_escape(str(edit.get('patches'))) if edit.get('patches') else ''}). "
+                f"Pointers diverge from step {d['first_divergent_step']}. Answer "
+                f"{'changed' if d['answer_changed'] else 'unchanged'}: {md_escape(d['parent_answer'])!s} → "
+                f"{md_escape(d['branch_answer'])!s}")
+        default_step = d["first_divergent_step"] or 0
+    i = _step_slider("Step (both traces)", "compare_step", n, default_step)
     if same_grid:
         _metrics_row(compare.compare_pointers(ta.steps[i].pointer, tb.steps[i].pointer))
     else:

@@ -17,7 +17,8 @@ from typing import Optional
 
 import typer
 
-from v1core.batch import JsonlShardSink, TraceItem, distributed_rank, iter_items, trace_batch, write_summary
+from v1core.batch import (JsonlShardSink, TraceItem, count_items, distributed_rank, iter_items, trace_batch,
+                          write_summary)
 from v1core.trace import DecodingSettings, Trace
 
 
@@ -86,7 +87,8 @@ def trace_cmd(
     log = lambda msg: typer.echo(msg, err=True)  # noqa: E731
     try:
         summary = trace_batch(m, p, items, settings, sink, batch_size=batch_size, rank=rank, world=world,
-                              max_prompt_tokens=max_prompt_tokens, progress=sys.stderr.isatty(), log=log)
+                              max_prompt_tokens=max_prompt_tokens, progress=sys.stderr.isatty(), log=log,
+                              total=min(limit, n) if limit and (n := count_items(source)) else (limit or count_items(source)))
     finally:
         sink.close()
     if out:

@@ -291,8 +291,14 @@ def _branches() -> None:
     if kids:
         st.markdown(f"**Branches** ({len(kids)})")
         for k in kids:
-            c = st.columns([5, 2], vertical_alignment="center")
+            c = st.columns([4, 2, 2], vertical_alignment="center")
             c[0].caption(f"from step {k.branch_step} · {md_escape(str(k.id)[:8])}")
             if c[1].button("Open", key=f"open_branch_{k.id}", width="stretch"):
                 st.session_state.pop("last_branch", None)
                 state.open_in_viewer(k.id)
+            if c[2].button("Compare", key=f"compare_branch_{k.id}", width="stretch",
+                           help="parent and branch side by side on the Compare page"):
+                st.session_state.pop("last_branch", None)
+                st.session_state["compare_mode"] = "Two traces"
+                state.select_trace(trace_id, 0)
+                st.switch_page(state.COMPARE_PAGE, query_params={state.QP_TRACE: trace_id, state.QP_TRACE_B: k.id})

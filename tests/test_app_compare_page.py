@@ -100,3 +100,27 @@ def test_modes_on_trace_without_pointers(app_env, mode):  # noqa: F811
     at.segmented_control(key="compare_mode").set_value(mode).run()
     no_exceptions(at)
     assert any("no pointer distributions" in w.value for w in at.warning)
+
+
+def test_parent_and_branch_side_by_side_show_divergence_and_answer(app_env):  # noqa: F811
+    """Issue 8: a re-decoded branch opened with its parent says where pointers diverge and if the answer changed."""
+    import copy
+
+    parent = build_synthetic_trace(app_env)
+    child = copy.deepcopy(parent)
+    child.trace_id = "branch0001"
+    child.parent_id, child.branch_step = parent.trace_id, 3
+    child.branch_edit = {"kind": "replace", "revisit": 0, "patches": [1, 2]}
+    child.steps[3].token_id += 1  # diverges at step 3
+    child.output_text = parent.output_text + " changed"
+    app_env.save_trace(child)
+    at = app_test()
+    at.query_params["trace"] = parent.trace_id
+    at.query_params["trace_b"] = child.trace_id
+    at.session_state["compare_mode"] = "Two traces"
+    at.switch_page("pages/compare.py")
+    at.run()
+    no_exceptions(at)
+    info = " ".join(i.value for i in at.info)
+    assert "Branch of A re-decoded from step 3" in info and "diverge from step 3" in info and "Answer changed" in info
+    assert at.slider(key="compare_step").value == 3

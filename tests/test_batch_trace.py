@@ -149,3 +149,10 @@ def test_trace_into_the_store_is_resumable(dataset, ckpt, tmp_path):
     store = Store(db)
     traces = store.list_traces(limit=50)
     assert len(traces) == 6
+
+
+def test_item_count_feeds_the_progress_bar(dataset):
+    from v1core.batch import count_items
+
+    assert count_items(dataset / "data.jsonl") == N + 3
+    assert count_items(dataset) == N  # a folder of images

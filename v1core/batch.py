@@ -138,6 +138,25 @@ def _iter_dataset(src: Path, question: str | None, image_column: str, question_c
         yield _load(item, row[image_column], src.parent if src.is_file() else src)
 
 
+def count_items(source: str | os.PathLike) -> int | None:
+    """How many items `iter_items` will yield (for the progress bar's ETA), without loading images."""
+    src = Path(source)
+    try:
+        if src.is_file() and src.suffix in (".jsonl", ".json"):
+            with open(src, encoding="utf-8") as f:
+                return sum(1 for line in f if line.strip())
+        if src.is_dir() and not any(src.glob("*.parquet")) and not any(src.glob("*.arrow")) \
+                and not (src / "dataset_info.json").exists():
+            return sum(1 for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if src.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(src).metadata.num_rows
+    except OSError:
+        return None
+    return None
+
+
 def item_key(image_sha256: str, question: str, settings: DecodingSettings, model_id: str) -> str:
     """Identity of a trace job: same image, question, settings and model → same key (resume skips it)."""
     blob = json.dumps([image_sha256, question, settings.to_dict(), model_id], sort_keys=True)
@@ -227,6 +246,7 @@ def trace_batch(
     max_prompt_tokens: int = 32768,
     progress: bool = True,
     log: Any = print,
+    total: int | None = None,
 ) -> BatchSummary:
     """Trace this rank's share of `items` (index % world == rank) into `sink`, skipping done keys."""
     from tqdm.auto import tqdm
@@ -236,7 +256,9 @@ def trace_batch(
     summary = BatchSummary()
     start = time.perf_counter()
     mine = (it for i, it in enumerate(items) if i % world == rank)
-    bar = tqdm(desc=f"trace[rank {rank}/{world}]", unit="item", disable=not progress, dynamic_ncols=True)
+    mine_total = None if total is None else len(range(rank, total, world))
+    bar = tqdm(desc=f"trace[rank {rank}/{world}]", unit="item", total=mine_total, disable=not progress,
+               dynamic_ncols=True)  # items/s and ETA from tqdm; tokens/s in the postfix
     pending: list[tuple[TraceItem, str]] = []
 
     def flush() -> None:
