@@ -205,20 +205,28 @@ def generate_traces(
     cancel: threading.Event | None = None,
     seed: int | None = None,
     topk: int = TOPK,
+    continue_from: tuple[Any, int] | None = None,
     **generate_kwargs: Any,
 ) -> Iterator[tuple[int, Step]]:
-    """Batched form: yields `(row, step)`; each row's pointers cover only its own image's patches."""
+    """Batched form: yields `(row, step)`; each row's pointers cover only its own image's patches.
+
+    `continue_from=(incremental_decoder, next_step_index)` resumes numbering and text decoding of an existing
+    trace (batch of one) — how a re-decoded branch continues after its forced tokens.
+    """
     processor = processor or getattr(model, "v1_processor", None)
     if processor is None:
         raise ValueError("generate_trace needs the V1Processor (pass processor=, or load with v1core.load_model)")
     cancel = cancel or threading.Event()
     out: queue.Queue = queue.Queue()
     done = object()
-    n_patches, grids = _patch_counts(model, inputs)
+    n_patches, grids = _patch_counts(model, inputs) if "image_grid_thw" in inputs else \
+        _patch_counts(model, {"image_grid_thw": generate_kwargs.pop("image_grid_thw")})
     recorder = TraceRecorder(
         model, processor, n_patches, grids, lambda row, step: out.put((row, step)),
         eos_token_ids=_eos_ids(model, generate_kwargs), cancel=cancel, topk=topk,
     )
+    if continue_from is not None:
+        recorder.decoders, recorder.counts = [continue_from[0]], [int(continue_from[1])]
     user_criteria = generate_kwargs.pop("stopping_criteria", None) or []
     criteria = StoppingCriteriaList([recorder, *user_criteria])
     device = next(model.parameters()).device

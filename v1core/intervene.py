@@ -21,7 +21,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 import torch
 
-from .generation import TOPK, TraceRecorder, _eos_ids, summarise_logits
+from .generation import _eos_ids, generate_traces, summarise_logits
 from .processing_v1 import V1Processor
 from .trace import Step, Trace
 
@@ -155,11 +155,15 @@ class BranchRun:
             kw["min_new_tokens"] = max(0, settings.min_new_tokens - len(prefix))
             if prefix and prefix[-1] in set(_eos_ids(model, {})):
                 return
-            recorder = TraceRecorder(model, processor, [n], [trace.grid], lambda r, s: None,
-                                     eos_token_ids=_eos_ids(model, {}), cancel=self.cancel)
-            recorder.decoders = [decoder]
-            recorder.counts = [len(trace.steps)]
-            yield from self._generate(recorder, full, cache, kw)
+            inputs = {"input_ids": full, "attention_mask": torch.ones_like(full)}
+            # the cached prompt + prefix are skipped by generate's prefill; positions come from rope_deltas
+            for _row, step in generate_traces(
+                model, inputs, processor, cancel=self.cancel, seed=settings.seed,
+                continue_from=(decoder, len(trace.steps)), cache=cache,
+                image_grid_thw=state.inputs["image_grid_thw"], **kw,
+            ):
+                trace.steps.append(step)
+                yield step
         except Exception as exc:
             trace.status, trace.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
@@ -183,50 +187,6 @@ class BranchRun:
             topk_probs=[float(p) for p in stats.topk_probs[0].tolist()],
             pointer=stats.pointer[0].cpu().numpy().astype(np.float32).reshape(rows, cols),
         )
-
-    def _generate(self, recorder: TraceRecorder, full: torch.Tensor, cache: Any, kw: dict[str, Any]) -> Iterator[Step]:
-        import queue
-
-        from transformers import StoppingCriteriaList
-
-        out: queue.Queue = queue.Queue()
-        done = object()
-        recorder.on_step = lambda row, step: out.put(step)
-        model = self.model
-        seed = self.trace.settings.seed if self.trace else None
-
-        def work() -> None:
-            try:
-                if seed is not None:
-                    torch.manual_seed(seed)
-                with torch.inference_mode(), recorder:
-                    # the cached prompt + prefix are skipped by generate's prefill; positions use rope_deltas
-                    model.generate(input_ids=full, attention_mask=torch.ones_like(full), cache=cache,
-                                   stopping_criteria=StoppingCriteriaList([recorder]), **kw)
-            except BaseException as exc:
-                out.put(exc)
-            finally:
-                out.put(done)
-
-        worker = threading.Thread(target=work, name="v1-branch", daemon=True)
-        worker.start()
-        finished = False
-        try:
-            while True:
-                item = out.get()
-                if item is done:
-                    finished = True
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                if self.cancel.is_set():
-                    break
-                self.trace.steps.append(item)
-                yield item
-        finally:
-            if not finished:
-                self.cancel.set()
-            worker.join()
 
     def run(self) -> Trace:
         for _ in self:
