@@ -84,6 +84,20 @@ def _labelled(store: "Store", *, verdict: Any = None, annotator: str | None = No
                 yield r, heads[r.id], revs[r.id]
 
 
+def _training_rows(store: "Store", report: "ExportReport", bar: Any, **filters: Any
+                   ) -> Iterator[tuple["TraceRow", AnnotationRecord, str, dict[str, list[float]]]]:
+    """Labelled rows with their training text and regions; a row that cannot become training data is
+    recorded in `report.skipped` with its reason (shared by the v1g and Hugging Face exports)."""
+    for row, rec, revs in _labelled(store, **filters):
+        bar.update(1)
+        try:
+            text, regions = build_training_text(store, row, rec, revs)
+        except SkipRow as exc:
+            report.skipped.append(f"{row.id}: {exc}")
+            continue
+        yield row, rec, text, regions
+
+
 def _count(store: "Store", **kw: Any) -> int:
     only = kw.pop("only_corrected", False)
     kw = {k: v for k, v in kw.items() if k in ("verdict", "annotator", "tag", "model", "trace_ids")}
@@ -299,14 +313,9 @@ def export_v1g(store: "Store", out: str | os.PathLike, *, images: str = "path", 
     total = _count(store, verdict=verdict, annotator=annotator, tag=tag, only_corrected=only_corrected, model=model,
                    trace_ids=trace_ids)
     with _AtomicFile(out) as f, _progress(total, "export v1g", progress) as bar:
-        for row, rec, revs in _labelled(store, verdict=verdict, annotator=annotator, tag=tag,
-                                        only_corrected=only_corrected, model=model, trace_ids=trace_ids):
-            bar.update(1)
-            try:
-                text, regions = build_training_text(store, row, rec, revs)
-            except SkipRow as exc:
-                report.skipped.append(f"{row.id}: {exc}")
-                continue
+        for row, rec, text, regions in _training_rows(store, report, bar, verdict=verdict, annotator=annotator,
+                                                      tag=tag, only_corrected=only_corrected, model=model,
+                                                      trace_ids=trace_ids):
             conv = []
             if row.system_prompt:
                 conv.append({"role": "system", "content": row.system_prompt})
@@ -401,14 +410,9 @@ def export_hf(store: "Store", out: str | os.PathLike, *, images: str = "embed", 
     try:
         open_shard()
         with _progress(total, "export hf", progress) as bar:
-            for row, rec, revs in _labelled(store, verdict=verdict, annotator=annotator, tag=tag,
-                                            only_corrected=only_corrected, model=model, trace_ids=trace_ids):
-                bar.update(1)
-                try:
-                    text, regions = build_training_text(store, row, rec, revs)
-                except SkipRow as exc:
-                    report.skipped.append(f"{row.id}: {exc}")
-                    continue
+            for row, rec, text, regions in _training_rows(store, report, bar, verdict=verdict, annotator=annotator,
+                                                          tag=tag, only_corrected=only_corrected, model=model,
+                                                          trace_ids=trace_ids):
                 image: Any = None
                 if images == "embed":
                     got = imgs.data(row.image_sha256)

@@ -20,6 +20,8 @@ from PIL import Image
 from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from .geometry import PatchGrid
+
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 PAPER_PROMPT_SUFFIX = "\nPlease answer the question using a long-chain reasoning style and think step by step."
@@ -55,7 +57,7 @@ def add_copy_tokens(tokenizer: PreTrainedTokenizerBase, count: int, start_id: in
 class PromptInfo:
     """What the trace needs to know about one encoded prompt."""
 
-    grid: Any  # PatchGrid
+    grid: PatchGrid
     prompt_tokens: int
     system_prompt: str
     question: str
@@ -160,9 +162,7 @@ class V1Processor:
         )
 
     # ------------------------------------------------------------------ geometry
-    def grid_for(self, image: Image.Image) -> "PatchGrid":
-        from .geometry import PatchGrid
-
+    def grid_for(self, image: Image.Image) -> PatchGrid:
         return PatchGrid.for_image(
             image.width, image.height, min_pixels=self.min_pixels, max_pixels=self.max_pixels,
             patch_size=self.patch_size, merge_size=self.merge_size,

@@ -337,24 +337,3 @@ def find_revisits(trace: Trace) -> list[Revisit]:
                 break
         out.append(rv)
     return out
-
-
-def steps_from_ids(
-    token_ids: Sequence[int], texts: Sequence[str], copy_token_start: int
-) -> list[Step]:
-    """Steps without distributions, for traces imported from text (v1g rows)."""
-    out = []
-    for i, (tid, txt) in enumerate(zip(token_ids, texts)):
-        is_copy = tid >= copy_token_start
-        out.append(
-            Step(
-                index=i,
-                token_id=int(tid),
-                text=txt,
-                is_copy=is_copy,
-                patch=int(tid - copy_token_start) if is_copy else None,
-                p_copy=float("nan"),
-                entropy=float("nan"),
-            )
-        )
-    return out

@@ -7,12 +7,10 @@ computed inside the model's forward.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -149,9 +147,3 @@ def cycle(make: Callable[[int], Example], seeds: Iterable[int]) -> Iterator[Exam
         rng.shuffle(seeds)
         for s in seeds:
             yield make(s)
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
