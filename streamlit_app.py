@@ -19,6 +19,7 @@ PAGES = [
     st.Page("pages/run.py", title="Run", icon=":material/play_circle:", url_path="run"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
     st.Page("pages/annotate.py", title="Annotate", icon=":material/edit_note:", url_path="annotate"),
+    st.Page("pages/review.py", title="Review", icon=":material/rate_review:", url_path="review"),
     st.Page("pages/library.py", title="Library", icon=":material/table_view:", url_path="library"),
     st.Page("pages/export.py", title="Export", icon=":material/download:", url_path="export"),
 ]

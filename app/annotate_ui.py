@@ -20,7 +20,7 @@ import streamlit as st
 from . import resources, state
 from .figures import patch_picker_figure
 from .safe_text import md_code, md_escape, shorten
-from .widgets import empty_state, trace_header
+from .widgets import empty_state, sidebar_scope, trace_header
 
 VERDICTS = ["correct", "incorrect", "unsure"]
 RV_LABELS = ["—", "correct", "wrong_region", "unnecessary"]
@@ -145,12 +145,8 @@ def render() -> None:
     st.title("Annotate")
     store = resources.get_store()
     ss = st.session_state
+    me, model, tag = sidebar_scope(store, "Queue", "ann")
     with st.sidebar:
-        me = state.annotator_input(st.sidebar)
-        st.markdown("**Queue**")
-        models = [""] + list(store.list_models())
-        model = st.selectbox("Model", models, key="ann_model", format_func=lambda m: m or "any")
-        tag = st.text_input("Tag", key="ann_tag")
         verdict_f = st.selectbox("Current verdict", [""] + VERDICTS, key="ann_verdict",
                                  format_func=lambda v: v or "any")
         order = st.radio("Order", ["uncertainty", "newest"], key="ann_order",
@@ -185,7 +181,8 @@ def render() -> None:
         st.text(trace.output_text)
 
     if not me:
-        st.info("Type your name in the sidebar (Annotator) to annotate.", icon=":material/person:")
+        st.info("Log in (sidebar) to annotate." if state.auth_configured() else
+                "Type your name in the sidebar (Annotator) to annotate.", icon=":material/person:")
         return
 
     base = ss.setdefault(_BASE, {})

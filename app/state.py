@@ -24,7 +24,8 @@ import streamlit as st
 TRACE_KEY = "trace_id"
 STEP_KEY = "step"  # the viewer's step slider
 PENDING_STEP_KEY = "_pending_step"
-ANNOTATOR_KEY = "annotator"
+ANNOTATOR_KEY = "annotator"  # the sidebar text box
+_ANNOTATOR_KEPT = "_annotator_name"  # survives page changes (Streamlit drops widget state of unrendered pages)
 LAST_RUN_KEY = "last_run_id"
 
 QP_TRACE = "trace"
@@ -34,24 +35,102 @@ QP_TRACE_B = "trace_b"
 VIEWER_PAGE = "pages/viewer.py"
 RUN_PAGE = "pages/run.py"
 COMPARE_PAGE = "pages/compare.py"
+ANNOTATE_PAGE = "pages/annotate.py"
 
 
 # ----------------------------------------------------------------------------- annotator
 def annotator() -> str:
     """The annotator's name for this session ("" when not set)."""
-    return str(st.session_state.get(ANNOTATOR_KEY) or "").strip()
+    ss = st.session_state
+    value = ss.get(ANNOTATOR_KEY)
+    return str((value if value is not None else ss.get(_ANNOTATOR_KEPT)) or "").strip()
 
 
 def set_annotator(name: str) -> None:
-    st.session_state[ANNOTATOR_KEY] = (name or "").strip()[:80]
+    st.session_state[ANNOTATOR_KEY] = st.session_state[_ANNOTATOR_KEPT] = (name or "").strip()[:80]
+
+
+def auth_configured() -> bool:
+    """True when `.streamlit/secrets.toml` has an `[auth]` section: identity then comes from Streamlit's
+    OIDC login (`st.login`) instead of a typed name."""
+    try:
+        return bool(st.secrets.get("auth"))
+    except Exception:  # no secrets file at all (the default): typed names
+        return False
+
+
+def _configured_reviewers() -> set[str]:
+    """`[v1studio] reviewers = ["ana@lab.org", …]` in secrets.toml: logins that get the reviewer role."""
+    try:
+        section = st.secrets.get("v1studio") or {}
+        return {str(x).strip().lower() for x in section.get("reviewers", [])}
+    except Exception:
+        return set()
 
 
 def annotator_input(container: Any = None) -> str:
-    """A text box (sidebar by default) bound to the annotator name; returns the current name."""
+    """The sidebar identity block; returns the current annotator name ("" until known).
+
+    Without `[auth]` in secrets.toml: a text box bound to the name, kept for the session. With it: a
+    "Log in" button (`st.login`) and, once logged in, the account's e-mail (else name) as the annotator, with
+    "Log out". Either way the name is recorded in the store (role annotator unless made reviewer) and its
+    role is shown.
+    """
     where = container if container is not None else st.sidebar
-    where.text_input("Annotator", key=ANNOTATOR_KEY, max_chars=80, placeholder="your name",
-                     help="Stored with annotations and reviews you make in this session.")
-    return annotator()
+    if auth_configured():
+        if not st.user.get("is_logged_in", False):  # absent when the [auth] section is incomplete
+            where.button("Log in", key="login", icon=":material/login:", on_click=st.login,
+                         help="Sign in with your organisation's account to annotate.")
+            set_annotator("")
+            return ""
+        name = str(st.user.get("email") or st.user.get("name") or st.user.get("sub") or "").strip()[:80]
+        set_annotator(name)
+        where.markdown(f"Signed in as **{_md(name)}**")
+        where.button("Log out", key="logout", icon=":material/logout:", on_click=st.logout)
+    else:
+        ss = st.session_state
+        if _ANNOTATOR_KEPT in ss:
+            # Streamlit forgets a widget's value when the page changes (widget ids are per page); the name
+            # lives in a plain key and is handed to this page's box. Typing updates it first (on_change).
+            ss[ANNOTATOR_KEY] = ss[_ANNOTATOR_KEPT]
+        where.text_input("Annotator", key=ANNOTATOR_KEY, max_chars=80, placeholder="your name",
+                         help="Stored with annotations and reviews you make in this session.",
+                         on_change=_keep_typed_annotator)
+        ss[_ANNOTATOR_KEPT] = annotator()
+    name = annotator()
+    if name:
+        where.caption(f"role: {role_of(name)}")
+    return name
+
+
+def _keep_typed_annotator() -> None:
+    st.session_state[_ANNOTATOR_KEPT] = str(st.session_state.get(ANNOTATOR_KEY) or "").strip()[:80]
+
+
+def role_of(name: str) -> str:
+    """The annotator's role in the store ("annotator" / "reviewer"); registers unknown names as annotators,
+    and promotes logins listed under `[v1studio] reviewers` in secrets.toml."""
+    from . import resources
+
+    store = resources.get_store()
+    row = store.get_annotator(name)
+    if name.lower() in _configured_reviewers() and (row is None or row["role"] != "reviewer"):
+        store.add_annotator(name, role="reviewer")
+        return "reviewer"
+    if row is None:
+        store.add_annotator(name)
+        return "annotator"
+    return str(row["role"])
+
+
+def is_reviewer(name: str) -> bool:
+    return bool(name) and role_of(name) == "reviewer"
+
+
+def _md(text: str) -> str:
+    from .safe_text import md_escape
+
+    return md_escape(text)
 
 
 # ----------------------------------------------------------------------------- trace selection

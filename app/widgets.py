@@ -140,3 +140,16 @@ def step_details(step: Any, n_patches: int) -> None:
         # a static table: cheaper to redraw on every step than an interactive dataframe
         st.table({"top-5 alternatives": rows["token"], "id": [str(i) for i in rows["id"]],
                   "p": [f"{p:.3f}" for p in rows["p"]]}, hide_index=True)
+
+
+def sidebar_scope(store: Any, title: str, prefix: str) -> tuple[str, str, str]:
+    """Sidebar: the identity block, then `title` with model and tag filters (keys `<prefix>_model`,
+    `<prefix>_tag`). Returns (annotator, model, tag); "" means any."""
+    from . import state
+
+    me = state.annotator_input(st.sidebar)
+    st.sidebar.markdown(f"**{title}**")
+    models = [""] + list(store.list_models())
+    model = st.sidebar.selectbox("Model", models, key=f"{prefix}_model", format_func=lambda m: m or "any")
+    tag = st.sidebar.text_input("Tag", key=f"{prefix}_tag")
+    return me, model, tag

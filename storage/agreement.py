@@ -58,7 +58,19 @@ def _region(ann: Annotation, idx: int, model_patches: list[int], grid: Any) -> s
     return set()
 
 
-def compute_agreement(store: "Store", annotators: Sequence[str] | None = None, **filters: Any) -> dict[str, Any]:
+ADJUDICATED_TAG = "adjudicated"  # a reviewer's ruling: not an independent judgement, left out of agreement
+
+
+def is_adjudication(ann: Annotation) -> bool:
+    return ADJUDICATED_TAG in (ann.tags or [])
+
+
+def _latest_per_annotator(
+    store: "Store", annotators: Sequence[str] | None, filters: dict[str, Any], settled: set[str] | None = None
+) -> tuple[dict[str, dict[str, Annotation]], dict[str, Any]]:
+    """{trace: {annotator: latest annotation}} for traces labelled by two or more of `annotators`, and
+    {trace: (grid, {revisit index: model patches})}. Adjudications are skipped; traces whose newest
+    version is one are added to `settled`."""
     from v1core.geometry import PatchGrid
 
     filters.setdefault("annotated", True)
@@ -72,8 +84,12 @@ def compute_agreement(store: "Store", annotators: Sequence[str] | None = None, *
         for r in rows:
             per: dict[str, Annotation] = {}
             for rec in hist[r.id]:  # ascending versions: later ones win
+                if is_adjudication(rec.annotation):
+                    continue
                 if wanted is None or rec.annotator in wanted:
                     per[rec.annotator] = rec.annotation
+            if settled is not None and hist[r.id] and is_adjudication(hist[r.id][-1].annotation):
+                settled.add(r.id)
             if len(per) >= 2:
                 latest[r.id] = per
                 try:
@@ -81,6 +97,62 @@ def compute_agreement(store: "Store", annotators: Sequence[str] | None = None, *
                 except ValueError:
                     grid = None
                 geom[r.id] = (grid, {rv.idx: list(rv.patches) for rv in revs[r.id]})
+    return latest, geom
+
+
+def find_disagreements(
+    store: "Store", annotators: Sequence[str] | None = None, *, min_iou: float = 1.0, include_settled: bool = False,
+    **filters: Any,
+) -> list[dict[str, Any]]:
+    """Traces where two or more annotators disagree: different verdicts, different revisit labels, or a
+    revisit region whose pairwise patch IoU is below `min_iou` (1.0: any difference counts). Traces a reviewer
+    has adjudicated since (newest version tagged `adjudicated`) are left out unless `include_settled`.
+
+    Each item: trace_id, annotators, verdicts {name: verdict}, answer_correct {name: bool|None},
+    notes {name: str}, revisits [{index, model_patches, labels {name: label}, regions {name: [patch ids]},
+    iou (lowest pairwise)}], verdict_disagree, lowest_iou. Worst first (verdict disagreements, then low IoU).
+    """
+    settled: set[str] = set()
+    latest, geom = _latest_per_annotator(store, annotators, dict(filters), settled)
+    out = []
+    for tid, per in latest.items():
+        if tid in settled and not include_settled:
+            continue
+        names = sorted(per)
+        grid, model = geom[tid]
+        verdicts = {n: per[n].verdict for n in names}
+        judged = {v for v in verdicts.values() if v is not None}
+        revisits = []
+        indexes = sorted({lab.revisit_index for a in per.values() for lab in a.revisit_labels})
+        for idx in indexes:
+            labels = {n: (per[n].label_for(idx).label if per[n].label_for(idx) else None) for n in names}
+            regions = {n: sorted(r) for n in names if (r := _region(per[n], idx, model.get(idx, []), grid)) is not None}
+            pair_ious = [patch_iou(regions[a], regions[b]) for a, b in itertools.combinations(sorted(regions), 2)]
+            iou = min(pair_ious) if pair_ious else None
+            differs = len({v for v in labels.values() if v is not None}) > 1 or (iou is not None and iou < min_iou)
+            revisits.append({"index": idx, "model_patches": model.get(idx, []), "labels": labels,
+                             "regions": regions, "iou": iou, "disagree": differs})
+        verdict_disagree = len(judged) > 1
+        if not verdict_disagree and not any(r["disagree"] for r in revisits):
+            continue
+        ious = [r["iou"] for r in revisits if r["iou"] is not None]
+        out.append({
+            "trace_id": tid,
+            "annotators": names,
+            "verdicts": verdicts,
+            "answer_correct": {n: per[n].answer_correct for n in names},
+            "notes": {n: per[n].note for n in names},
+            "revisits": revisits,
+            "verdict_disagree": verdict_disagree,
+            "lowest_iou": min(ious) if ious else None,
+            "settled": tid in settled,
+        })
+    out.sort(key=lambda d: (not d["verdict_disagree"], 1.0 if d["lowest_iou"] is None else d["lowest_iou"], d["trace_id"]))
+    return out
+
+
+def compute_agreement(store: "Store", annotators: Sequence[str] | None = None, **filters: Any) -> dict[str, Any]:
+    latest, geom = _latest_per_annotator(store, annotators, filters)
     names = sorted({a for per in latest.values() for a in per})
     pairs_out = []
     all_kappa_pairs: list[tuple[str, str]] = []
@@ -128,4 +200,4 @@ def compute_agreement(store: "Store", annotators: Sequence[str] | None = None, *
     }
 
 
-__all__ = ["cohen_kappa", "compute_agreement", "patch_iou"]
+__all__ = ["ADJUDICATED_TAG", "cohen_kappa", "is_adjudication", "compute_agreement", "find_disagreements", "patch_iou"]

@@ -4,6 +4,7 @@
     v1studio db check   [--db URL]
     v1studio export {v1g,hf,traces,labelstudio} OUT [--verdict … --annotator … --tag … --only-corrected --images …]
     v1studio import FILE_OR_FOLDER [--kind auto|traces|v1g]
+    v1studio annotators list | set-role NAME {annotator,reviewer}
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import List, Optional
 import typer
 
 db_app = typer.Typer(help="Database maintenance (Alembic migrations).", no_args_is_help=True)
+annotators_app = typer.Typer(help="Annotators and their roles (reviewers may delete traces and adjudicate).",
+                              no_args_is_help=True)
 export_app = typer.Typer(help="Export labelled traces as training data (v1g JSONL, HF parquet), full traces, or "
                               "Label Studio tasks.", no_args_is_help=True)
 
@@ -25,6 +28,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(db_app, name="db")
     app.add_typer(export_app, name="export")
     app.command("import")(import_cmd)
+    app.add_typer(annotators_app, name="annotators")
 
 
 def _store(db: Optional[str]):
@@ -67,6 +71,36 @@ def db_check(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> No
             raise typer.Exit(1)
     finally:
         store.close()
+
+
+# ----------------------------------------------------------------------------- annotators
+@annotators_app.command("list")
+def annotators_list(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Everyone who saved an annotation or signed in, with their role."""
+    store = _store(db)
+    try:
+        rows = store.list_annotators()
+        for a in rows:
+            typer.echo(f"{a['name']}\t{a['role']}\t{a['created_at']}")
+        if not rows:
+            typer.echo("no annotators yet")
+    finally:
+        store.close()
+
+
+@annotators_app.command("set-role")
+def annotators_set_role(name: str = typer.Argument(..., help="annotator name (or login e-mail)"),
+                        role: str = typer.Argument(..., help="annotator or reviewer"),
+                        db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Give someone a role (creates the annotator if new)."""
+    store = _store(db)
+    try:
+        store.add_annotator(name.strip(), role=role.strip().lower())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="ROLE") from None
+    finally:
+        store.close()
+    typer.echo(f"{name.strip()} is now a {role.strip().lower()}")
 
 
 # ----------------------------------------------------------------------------- export

@@ -792,6 +792,13 @@ class Store:
 
         return compute_agreement(self, annotators=annotators, **filters)
 
+    def disagreements(self, annotators: Sequence[str] | None = None, **filters: Any) -> list[dict[str, Any]]:
+        """Traces whose annotators disagree (verdict, revisit label or region), worst first: what a reviewer
+        adjudicates. See `storage.agreement.find_disagreements` for the fields."""
+        from .agreement import find_disagreements
+
+        return find_disagreements(self, annotators=annotators, **filters)
+
     # ------------------------------------------------------------------ bulk reads for export/import
     def _iter_rows(self, *, batch: int = 500, order_oldest: bool = True, **filters: Any) -> Iterator[list[TraceRow]]:
         """Trace rows (no steps) in pages, stable order (created_at, id)."""

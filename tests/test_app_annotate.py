@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from storage import Annotation
 from tests.test_app_support import (app_env, app_test, build_synthetic_trace, checkpoint_dir,  # noqa: F401
-                                    no_exceptions, synthetic_trace)
+                                    no_exceptions, open_page, synthetic_trace)
 
 
 def open_annotate(name: str | None = "ana"):
-    at = app_test()
-    at.switch_page("pages/annotate.py")
-    if name:
-        at.session_state["annotator"] = name
-    at.run()
-    no_exceptions(at)
-    return at
+    return open_page("pages/annotate.py", name)
 
 
 def test_empty_state(app_env):  # noqa: F811

@@ -9,17 +9,7 @@ import pytest
 
 from storage import Annotation, RevisitLabel, Store
 from tests.test_app_support import (app_env, app_test, build_synthetic_trace, checkpoint_dir,  # noqa: F401
-                                    no_exceptions, synthetic_trace)
-
-
-def open_page(page: str, name: str | None = "ana"):
-    at = app_test()
-    at.switch_page(page)
-    if name:
-        at.session_state["annotator"] = name
-    at.run()
-    no_exceptions(at)
-    return at
+                                    no_exceptions, open_page, synthetic_trace)
 
 
 def table(at):

@@ -101,6 +101,17 @@ def no_exceptions(at) -> None:
     assert not errors, errors
 
 
+def open_page(page: str, name: str | None = "ana"):
+    """AppTest on `page` (e.g. "pages/annotate.py"), signed in as `name` (None: nobody), after one run."""
+    at = app_test()
+    at.switch_page(page)
+    if name:
+        at.session_state["annotator"] = name
+    at.run()
+    no_exceptions(at)
+    return at
+
+
 def env_for_subprocess(db_url: str, checkpoint: Path, seed: int = 0) -> dict[str, str]:
     env = dict(os.environ)
     env.update(V1STUDIO_MODEL=str(checkpoint), V1STUDIO_DB=db_url, V1STUDIO_SEED_TRACES=str(seed),

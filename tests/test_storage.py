@@ -323,6 +323,38 @@ def test_agreement_kappa_and_iou(store):
     assert only["annotators"] == ["ana", "bo"] and len(only["pairs"]) == 1
 
 
+def test_disagreements_list_what_a_reviewer_adjudicates(store):
+    traces = [make_trace(seed=10 + i) for i in range(3)]
+    for t in traces:
+        store.save_trace(t)
+    a, b, c = (t.trace_id for t in traces)
+    # a: same verdict, regions differ (IoU 2/6); b: verdicts differ; c: full agreement
+    store.save_annotation(a, Annotation(annotator="ana", verdict="correct", revisit_labels=[
+        RevisitLabel(0, "wrong_region", corrected_patches=[1, 2, 3, 4])]))
+    store.save_annotation(a, Annotation(annotator="bo", verdict="correct", revisit_labels=[
+        RevisitLabel(0, "wrong_region", corrected_patches=[3, 4, 5, 6])]))
+    store.save_annotation(b, Annotation(annotator="ana", verdict="correct", note="fine"))
+    store.save_annotation(b, Annotation(annotator="bo", verdict="incorrect", note="<b>wrong</b>"))
+    for who in ("ana", "bo"):
+        store.save_annotation(c, Annotation(annotator=who, verdict="unsure"))
+    found = store.disagreements()
+    assert [d["trace_id"] for d in found] == [b, a]  # verdict disagreements first
+    first, second = found
+    assert first["verdict_disagree"] and first["verdicts"] == {"ana": "correct", "bo": "incorrect"}
+    assert first["notes"]["bo"] == "<b>wrong</b>" and first["revisits"] == []
+    (rv,) = second["revisits"]
+    assert not second["verdict_disagree"] and rv["disagree"]
+    assert rv["regions"] == {"ana": [1, 2, 3, 4], "bo": [3, 4, 5, 6]}
+    assert rv["iou"] == pytest.approx(2 / 6) and second["lowest_iou"] == pytest.approx(2 / 6)
+    assert [d["trace_id"] for d in store.disagreements(min_iou=0.3)] == [b]
+    assert store.disagreements(annotators=["ana"]) == []
+    # a reviewer's adjudication settles b and is not counted as a third judgement
+    store.save_annotation(b, Annotation(annotator="rev", verdict="incorrect", tags=["adjudicated"]))
+    assert [d["trace_id"] for d in store.disagreements()] == [a]
+    assert [d["settled"] for d in store.disagreements(include_settled=True)] == [True, False]
+    assert store.agreement()["annotators"] == ["ana", "bo"]
+
+
 def test_store_default_url_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("V1STUDIO_DB", str(tmp_path / "sub" / "env.db"))
     s = Store()
