@@ -147,6 +147,35 @@ def test_generate_trace_streams_while_decoding_and_cancels_between_steps():
     assert not any(t.name == "v1-generate" and t.is_alive() for t in threading.enumerate())
 
 
+@pytest.mark.parametrize("threaded", [False, True])
+def test_both_drivers_stream_the_same_steps_and_clean_up(threaded):
+    """The default driver decodes in the consumer's thread (a greenlet); the thread driver is kept for callers
+    that want decoding to run beside them. Same steps, same cancellation, no leaked state."""
+    from v1core.generation import generate_traces
+
+    model, processor, inputs, expected = fixture_model(), fixture_processor(), fixture_inputs(), fixture_expected()
+    threads_before = threading.active_count()
+    modes = []
+    ids = []
+    for _row, step in generate_traces(model, inputs, processor, threaded=threaded, **GEN):
+        modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+        if not threaded:
+            assert threading.active_count() == threads_before  # no second thread while decoding
+        ids.append(step.token_id)
+    assert ids == expected["generated_ids"].tolist()
+    assert set(modes) == {(False, True)}  # the consumer never runs inside generate's inference mode
+    assert (torch.is_inference_mode_enabled(), torch.is_grad_enabled()) == (False, True)
+    # stopping early ends decoding; a failure inside generate reaches the consumer
+    gen = generate_traces(model, inputs, processor, threaded=threaded, max_new_tokens=48, min_new_tokens=48)
+    next(gen)
+    gen.close()
+    assert not any(t.name == "v1-generate" and t.is_alive() for t in threading.enumerate())
+    with pytest.raises(ValueError, match="temperature"):
+        list(generate_traces(model, inputs, processor, threaded=threaded, do_sample=True, temperature=-1.0,
+                             max_new_tokens=4))
+    assert (torch.is_inference_mode_enabled(), torch.is_grad_enabled()) == (False, True)
+
+
 def test_sampling_is_reproducible_by_seed():
     model, processor, inputs = fixture_model(), fixture_processor(), fixture_inputs()
     kw = dict(do_sample=True, temperature=1.3, top_p=0.9, max_new_tokens=12, min_new_tokens=12)

@@ -1,6 +1,7 @@
 """Traced generation: `model.generate` itself, recording what v1 believed at every step, while it decodes.
 
-We do not re-implement decoding. `generate` runs in a worker thread with two small attachments:
+We do not re-implement decoding. `generate` runs as a greenlet in the consumer's own thread (or, on request or
+without greenlet, in a worker thread) with two small attachments:
 a forward hook that reads the raw logits of each step (the tensor decoding starts from) and summarises them
 on the device (p_copy, pointer, entropy, top-k, gate), and a `StoppingCriteria` that sees the chosen token,
 pairs it with that summary, hands a `Step` to the consumer and checks for cancellation. Ids are therefore
@@ -21,6 +22,11 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .processing_v1 import V1Processor
 from .trace import DecodingSettings, Step, Trace
+
+try:  # streaming without a second OS thread (see _drive_in_greenlet)
+    import greenlet as _greenlet
+except ImportError:  # pragma: no cover - greenlet is in requirements.txt; the thread path still works
+    _greenlet = None
 
 TOPK = 5
 
@@ -206,23 +212,25 @@ def generate_traces(
     seed: int | None = None,
     topk: int = TOPK,
     continue_from: tuple[Any, int] | None = None,
+    threaded: bool | None = None,
     **generate_kwargs: Any,
 ) -> Iterator[tuple[int, Step]]:
     """Batched form: yields `(row, step)`; each row's pointers cover only its own image's patches.
 
     `continue_from=(incremental_decoder, next_step_index)` resumes numbering and text decoding of an existing
     trace (batch of one) — how a re-decoded branch continues after its forced tokens.
+    `threaded`: decode in a worker thread (True) or in the consumer's thread as a greenlet (False; the default
+    when greenlet is installed — no thread overhead). Iterate from one thread either way.
     """
     processor = processor or getattr(model, "v1_processor", None)
     if processor is None:
         raise ValueError("generate_trace needs the V1Processor (pass processor=, or load with v1core.load_model)")
     cancel = cancel or threading.Event()
-    out: queue.Queue = queue.Queue()
-    done = object()
+    sink: list[Callable[[int, Step], None]] = []  # set below by the driver: where a finished step goes
     n_patches, grids = _patch_counts(model, inputs) if "image_grid_thw" in inputs else \
         _patch_counts(model, {"image_grid_thw": generate_kwargs.pop("image_grid_thw")})
     recorder = TraceRecorder(
-        model, processor, n_patches, grids, lambda row, step: out.put((row, step)),
+        model, processor, n_patches, grids, lambda row, step: sink[0](row, step),
         eos_token_ids=_eos_ids(model, generate_kwargs), cancel=cancel, topk=topk,
     )
     if continue_from is not None:
@@ -232,12 +240,63 @@ def generate_traces(
     device = next(model.parameters()).device
     model_inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
+    def decode() -> None:
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.inference_mode(), recorder:
+            model.generate(**model_inputs, stopping_criteria=criteria, **generate_kwargs)
+
+    use_thread = threaded if threaded is not None else _greenlet is None
+    driver = _drive_in_thread if use_thread else _drive_in_greenlet
+    yield from driver(decode, sink, cancel)
+
+
+def _drive_in_greenlet(
+    decode: Callable[[], None], sink: list, cancel: threading.Event
+) -> Iterator[tuple[int, Step]]:
+    """Run `decode` in the consumer's own thread, as a greenlet that switches back at every step.
+
+    Why not a thread: on CPU, torch kernels run 25–35 % slower in a second Python thread (measured; see
+    docs/BENCHMARKS.md), which alone broke the ≤ 1.05 tracing-overhead budget. A greenlet streams with no
+    second OS thread: decoding pauses while the consumer handles a step and resumes on `next()`.
+    """
+    done = object()
+
+    def emit(row: int, step: Step) -> None:
+        # the consumer runs outside generate's inference mode (autograd state is per OS thread, shared here)
+        with torch.inference_mode(False):
+            _greenlet.getcurrent().parent.switch((row, step))
+
+    def body() -> object:
+        decode()
+        return done
+
+    sink[:] = [emit]
+    child = _greenlet.greenlet(body)
+
+    def resume() -> Any:
+        child.parent = _greenlet.getcurrent()  # whoever iterates receives the next step
+        return child.switch()
+
+    def finish() -> None:  # after a cancel, let generate see it and return
+        while not child.dead:
+            resume()
+
+    yield from _stream(resume, done, cancel, finish)
+
+
+def _drive_in_thread(
+    decode: Callable[[], None], sink: list, cancel: threading.Event
+) -> Iterator[tuple[int, Step]]:
+    """Run `decode` in a worker thread and hand steps over through a queue (the consumer may do other work,
+    e.g. in another thread, while a step is being computed)."""
+    out: queue.Queue = queue.Queue()
+    done = object()
+    sink[:] = [lambda row, step: out.put((row, step))]
+
     def work() -> None:
         try:
-            if seed is not None:
-                torch.manual_seed(seed)
-            with torch.inference_mode(), recorder:
-                model.generate(**model_inputs, stopping_criteria=criteria, **generate_kwargs)
+            decode()
         except BaseException as exc:  # handed to the consumer
             out.put(exc)
         finally:
@@ -245,10 +304,17 @@ def generate_traces(
 
     worker = threading.Thread(target=work, name="v1-generate", daemon=True)
     worker.start()
+    yield from _stream(out.get, done, cancel, worker.join)
+
+
+def _stream(
+    receive: Callable[[], Any], done: object, cancel: threading.Event, finish: Callable[[], None]
+) -> Iterator[tuple[int, Step]]:
+    """Yield received steps until `done`; re-raise a failure; on an early stop, cancel and `finish`."""
     finished = False
     try:
         while True:
-            item = out.get()
+            item = receive()
             if item is done:
                 finished = True
                 break
@@ -260,7 +326,7 @@ def generate_traces(
     finally:
         if not finished:
             cancel.set()  # the consumer stopped early: end decoding after the current step
-        worker.join()
+        finish()
 
 
 @dataclass
