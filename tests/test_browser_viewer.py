@@ -238,13 +238,14 @@ def test_run_play_revisit_compare_and_latency(server, page):
     # 4. jump to a revisit (on the run's trace if it has one, else on the synthetic trace)
     target = run_trace if run_trace.revisits else server["synthetic"]
     if target is not run_trace:
-        pg.goto(f"{server['url']}/viewer?trace={target.trace_id}&step=0")
+        pg.goto(f"{server['url']}/?trace={target.trace_id}&step=0")  # the default page lives at /
         pg.wait_for_selector(".st-key-heatmap .js-plotly-plot")
         wait_heatmap_step(pg, 0)
     else:
         pg.locator(".st-key-token_strip button:visible").first.click()
         wait_heatmap_step(pg, 0)
     wait_idle(pg)
+    assert pg.locator("text=Page not found").count() == 0
     first = next(rv.start_step for rv in target.revisits if rv.start_step > 0) if any(
         rv.start_step > 0 for rv in target.revisits) else target.revisits[0].start_step
     button(pg, "next_revisit").click()
