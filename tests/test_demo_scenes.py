@@ -31,7 +31,7 @@ def scenes():
 
 # ----------------------------------------------------------------------------- scenes
 def test_constants():
-    assert DEMO_MIN_PIXELS == 28 * 28 * 16 and DEMO_MAX_PIXELS == 448 * 448
+    assert DEMO_MIN_PIXELS == 28 * 28 * 16 and DEMO_MAX_PIXELS == 336 * 336
     assert TRAIN_SEED_RANGE == range(0, 1_000_000) and EVAL_SEED_START == 10_000_000
     assert EVAL_SEED_START not in TRAIN_SEED_RANGE
     assert S.split_of(5) == "train" and S.split_of(EVAL_SEED_START + 3) == "eval" and S.split_of(2_000_000) == "unused"
@@ -53,7 +53,7 @@ def test_sizes_and_objects(scenes):
     widths, heights = set(), set()
     for sc in scenes:
         assert sc.image.mode == "RGB" and sc.image.size == (sc.width, sc.height)
-        assert 196 <= sc.width <= 448 and 196 <= sc.height <= 448
+        assert 196 <= sc.width <= 336 and 196 <= sc.height <= 336
         widths.add(sc.width)
         heights.add(sc.height)
         assert 2 <= len(sc.objects) <= 6

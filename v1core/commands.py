@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 def train_demo_cmd(
     out: Path = typer.Option(None, help="checkpoint folder (default: the embedded demo checkpoint, or a fine-tune folder)"),
-    steps: int = typer.Option(750, help="optimiser steps (the time budget may end training sooner)"),
+    steps: int = typer.Option(4000, help="optimiser steps (the time budget normally ends training first)"),
     batch_size: int = typer.Option(8),
     minutes: float = typer.Option(12.5, help="training wall-clock budget (the whole command, eval included, stays under 15 min)"),
     seed: int = typer.Option(0),

@@ -2,7 +2,7 @@
 
 - `scenes`: `make_scene(seed)` — coloured shapes + one question that needs a look at one or two objects;
   train seeds in `TRAIN_SEED_RANGE`, eval seeds from `EVAL_SEED_START`; demo pixel limits `DEMO_MIN_PIXELS`
-  / `DEMO_MAX_PIXELS` (grid at most 16x16).
+  / `DEMO_MAX_PIXELS` (grid at most 12x12).
 - `targets`: `target_text(scene, grid)` in v1's exact output format; `target_v1g_row` / `expand_v1g_assistant`
   for the v1g row layout (the latter also serves real exported rows).
 - `tokenizer`: `build_demo_tokenizer(corpus, vocab_size, n_copy_tokens) -> (tokenizer, DemoTokenIds)`.
