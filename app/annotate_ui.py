@@ -132,11 +132,18 @@ def _save(store: Any, trace_id: str, annotation: Any, expected: int) -> None:
     ss[_FLASH] = ("success", f"Saved version {v}.")
 
 
-def _goto(trace_id: str | None) -> None:
+def goto(trace_id: str | None) -> None:
+    """Make `trace_id` the trace the Annotate page shows (and the selected trace everywhere)."""
     if trace_id:
         st.session_state[_CURRENT] = trace_id
         state.select_trace(trace_id)
         st.session_state.pop(_CONFLICT, None)
+
+
+def open_in_annotate(trace_id: str) -> None:
+    """Switch to the Annotate page on `trace_id` (does not return)."""
+    goto(trace_id)
+    st.switch_page(state.ANNOTATE_PAGE)
 
 
 # ----------------------------------------------------------------------------- page
@@ -166,9 +173,9 @@ def render() -> None:
     prv = ids[pos - 1] if pos > 0 else None
 
     c = st.columns([1, 1, 4], vertical_alignment="center")
-    c[0].button("Previous", key="prev_trace", icon=":material/chevron_left:", on_click=_goto, args=(prv,),
+    c[0].button("Previous", key="prev_trace", icon=":material/chevron_left:", on_click=goto, args=(prv,),
                 disabled=prv is None)
-    c[1].button("Next", key="next_trace", icon=":material/chevron_right:", on_click=_goto, args=(nxt,),
+    c[1].button("Next", key="next_trace", icon=":material/chevron_right:", on_click=goto, args=(nxt,),
                 disabled=nxt is None)
     c[2].caption(f"{len(todo)} trace(s) left for {md_escape(me or 'you')} · {pos + 1} of {len(ids)} in this order")
 

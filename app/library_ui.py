@@ -98,9 +98,7 @@ def render() -> None:
         if c[1].button("Viewer", key="open_viewer", icon=":material/visibility:"):
             state.open_in_viewer(pick)
         if c[2].button("Annotate", key="open_annotate", icon=":material/edit_note:"):
-            state.select_trace(pick)
-            st.session_state["_annot_trace"] = pick
-            st.switch_page("pages/annotate.py")
+            open_in_annotate(pick)
     else:
         st.info("No traces match these filters.", icon=":material/info:")
 

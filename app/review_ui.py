@@ -15,6 +15,7 @@ from typing import Any
 import streamlit as st
 
 from . import resources, state
+from .annotate_ui import open_in_annotate
 from .figures import patch_picker_figure
 from .safe_text import md_code, md_escape, shorten
 from .widgets import sidebar_scope
@@ -65,11 +66,6 @@ def _adopt(trace_id: str, name: str, reviewer: str) -> None:
     chosen["note"] = f"[review] adopted {name}'s annotation (v{mine[-1].version})" + (f"\n{note}" if note else "")
     v = store.save_annotation(trace_id, Annotation.from_dict(chosen))
     st.session_state[_FLASH] = ("success", f"Saved version {v}: {name}'s annotation adopted.")
-
-
-def _open_in_annotate(trace_id: str) -> None:
-    state.select_trace(trace_id)
-    st.session_state["_annot_trace"] = trace_id
 
 
 def render() -> None:
@@ -150,13 +146,11 @@ def _side_by_side(item: dict[str, Any], reviewer: str) -> None:
                     st.plotly_chart(fig, key=f"rev_fig_{name}_{rv['index']}", theme=None,
                                     config={"displayModeBar": False, "staticPlot": True})
             b = st.columns(2)
-            b[0].button("Open in Annotate", key=f"rev_open_{name}", on_click=_open_in_annotate,
-                        args=(item["trace_id"],), disabled=not reviewer,
-                        help="write your own annotation for this trace")
+            if b[0].button("Open in Annotate", key=f"rev_open_{name}", disabled=not reviewer,
+                           help="write your own annotation for this trace"):
+                open_in_annotate(item["trace_id"])
             b[1].button("Adopt this version", key=f"rev_adopt_{name}", on_click=_adopt,
                         args=(item["trace_id"], name, reviewer), disabled=not reviewer)
     ious = [f"R{rv['index'] + 1} IoU {fmt(rv['iou'], 2)}" for rv in item["revisits"] if rv["iou"] is not None]
     if ious:
         st.caption(" · ".join(ious))
-    if st.session_state.get("_annot_trace") == item["trace_id"] and state.selected_trace_id() == item["trace_id"]:
-        st.page_link(state.ANNOTATE_PAGE, label="Go to Annotate", icon=":material/edit_note:")

@@ -20,6 +20,8 @@ from typing import Any
 
 import streamlit as st
 
+from .safe_text import md_escape
+
 # Session-state keys (widget keys are part of the public test surface: see tests/test_app_*.py).
 TRACE_KEY = "trace_id"
 STEP_KEY = "step"  # the viewer's step slider
@@ -85,7 +87,7 @@ def annotator_input(container: Any = None) -> str:
             return ""
         name = str(st.user.get("email") or st.user.get("name") or st.user.get("sub") or "").strip()[:80]
         set_annotator(name)
-        where.markdown(f"Signed in as **{_md(name)}**")
+        where.markdown(f"Signed in as **{md_escape(name)}**")
         where.button("Log out", key="logout", icon=":material/logout:", on_click=st.logout)
     else:
         ss = st.session_state
@@ -125,12 +127,6 @@ def role_of(name: str) -> str:
 
 def is_reviewer(name: str) -> bool:
     return bool(name) and role_of(name) == "reviewer"
-
-
-def _md(text: str) -> str:
-    from .safe_text import md_escape
-
-    return md_escape(text)
 
 
 # ----------------------------------------------------------------------------- trace selection

@@ -54,6 +54,16 @@ def test_disagreements_side_by_side_and_reviewer_adopts(synthetic_trace, app_env
     assert {m.label: m.value for m in at.metric}["Annotators"] == "2"  # the ruling is not a third judgement
 
 
+def test_reviewer_opens_a_disagreement_in_annotate(synthetic_trace, app_env):  # noqa: F811
+    two_annotators_disagree(app_env, synthetic_trace.trace_id)
+    app_env.add_annotator("rita", role="reviewer")
+    at = open_review("rita")
+    at.button(key="rev_open_bo").click().run()
+    no_exceptions(at)
+    assert at.title[0].value == "Annotate"
+    assert at.session_state["_annot_trace"] == synthetic_trace.trace_id
+
+
 def test_min_iou_filter_hides_small_region_differences(synthetic_trace, app_env):  # noqa: F811
     tid = synthetic_trace.trace_id
     for who, patches in (("ana", [1, 2, 3, 4]), ("bo", [1, 2, 3])):

@@ -52,16 +52,6 @@ def build_example(processor: V1Processor, image: Image.Image, question: str, ans
     )
 
 
-class AuxiliaryLoss(torch.nn.Module):
-    """A training-only objective added to v1's loss (its parameters are optimised, never saved with the model).
-
-    Called with the model output (hidden states included), the batch and the examples it was collated from.
-    """
-
-    def forward(self, output: Any, batch: dict[str, torch.Tensor], examples: list[Example]) -> torch.Tensor:
-        raise NotImplementedError
-
-
 @contextmanager
 def linear_patch_embedding(model: torch.nn.Module) -> Iterator[None]:
     """Run the vision tower's patch embedding as the matmul it is while training.
@@ -141,11 +131,13 @@ def train(
     cfg: TrainConfig,
     log: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
-    auxiliary: AuxiliaryLoss | None = None,
+    auxiliary: torch.nn.Module | None = None,
 ) -> list[float]:
     """Plain AdamW loop with warmup + cosine decay; returns v1's loss of every step.
 
-    `auxiliary` adds a training-only objective (e.g. the demo's per-patch probes) to the loss being minimised.
+    `auxiliary` adds a training-only objective to the loss being minimised (e.g. the demo's per-patch probes): a
+    module called as `auxiliary(output, batch, examples)` → scalar, with the model output (hidden states
+    included), the collated batch and its examples; its parameters are optimised too, never saved with the model.
     """
     from tqdm.auto import tqdm
 

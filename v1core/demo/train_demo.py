@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..configuration_v1 import V1Config
 from ..modeling_v1 import V1ForConditionalGeneration
 from ..processing_v1 import V1Processor
-from ..training import AuxiliaryLoss, Example, TrainConfig, build_example, cycle, train
+from ..training import Example, TrainConfig, build_example, cycle, train
 from .scenes import COLOURS, DEMO_MAX_PIXELS, DEMO_MIN_PIXELS, SHAPES, SIZES, Scene, eval_seeds, make_scene, train_seeds
 from .targets import expand_v1g_row, target_text, v1g_question
 from .tokenizer import DemoTokenIds, build_demo_tokenizer
@@ -112,7 +112,7 @@ def randomise_box_decimals(example: Example, tokenizer: Any, rng: random.Random)
             ids[i] = rng.choice(digits)
 
 
-class CellProbes(AuxiliaryLoss):
+class CellProbes(torch.nn.Module):
     """Linear probes that ask every image patch what it shows and where it is (training only, then discarded).
 
     Why: a from-scratch 1.5 M-parameter model has ~15 CPU-minutes to learn to find "the triangle". v1's loss
