@@ -2,7 +2,9 @@
 
 On held-out scenes (greedy): where the first revisit mostly missed the asked-about object, force the object's
 patches (replace) and count how often the answer becomes right; on all scenes, remove the first revisit and
-measure the change in answer accuracy. Prints one JSON object; numbers go to the demo model card.
+measure the change in answer accuracy; on colour / shape questions, redirect the first revisit to another object
+(whose colour / shape differs) and count how often the answer becomes *that* object's colour / shape.
+Prints one JSON object; numbers go to the demo model card.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def measure(n: int = 60, start: int = 200_000) -> dict:
     model, proc = load_model()
     settings = DecodingSettings(max_new_tokens=160)
     res = dict(n=n, wrong_pointer=0, fixed_by_replace=0, wrong_pointer_and_wrong_answer=0,
-               fixed_answer_when_wrong=0, acc=0, acc_removed=0)
+               fixed_answer_when_wrong=0, acc=0, acc_removed=0, redirected=0, answer_followed=0)
     for seed in eval_seeds(n, start=start):
         scene = make_scene(seed)
         trace = TraceRun(model, proc, scene.image, scene.question, settings).run()
@@ -40,6 +42,15 @@ def measure(n: int = 60, start: int = 200_000) -> dict:
         state = PromptState(model, proc, scene.image, trace)
         removed = BranchRun(model, proc, scene.image, trace, BranchEdit("remove", revisit=0), state=state).run()
         res["acc_removed"] += _answer_of(removed.output_text) == scene.answer.lower()
+        attribute = {"colour": "colour", "shape": "shape"}.get(scene.kind)
+        others = [o for i, o in enumerate(scene.objects)
+                  if attribute and i not in scene.targets and getattr(o, attribute) != scene.answer]
+        if others:
+            other = others[0]
+            moved = BranchRun(model, proc, scene.image, trace,
+                              BranchEdit("replace", revisit=0, patches=grid.bbox_to_patches(other.box)), state=state).run()
+            res["redirected"] += 1
+            res["answer_followed"] += _answer_of(moved.output_text) == getattr(other, attribute)
         rv = trace.revisits[0]
         inside = sum(p in target for p in rv.patches) / max(1, len(rv.patches))
         if inside < 0.5:
@@ -58,6 +69,8 @@ def measure(n: int = 60, start: int = 200_000) -> dict:
         "scenes_with_wrong_first_pointer": res["wrong_pointer"],
         "right_answer_after_forcing_right_patches": round(res["fixed_by_replace"] / max(1, res["wrong_pointer"]), 3),
         "wrong_answers_turned_right_by_forcing": f"{res['fixed_answer_when_wrong']}/{res['wrong_pointer_and_wrong_answer']}",
+        "redirected_revisits": res["redirected"],
+        "answer_followed_the_redirected_revisit": round(res["answer_followed"] / max(1, res["redirected"]), 3),
     }
     return out
 

