@@ -42,7 +42,7 @@ def measure(n: int = 60, start: int = 200_000) -> dict:
         state = PromptState(model, proc, scene.image, trace)
         removed = BranchRun(model, proc, scene.image, trace, BranchEdit("remove", revisit=0), state=state).run()
         res["acc_removed"] += _answer_of(removed.output_text) == scene.answer.lower()
-        attribute = {"colour": "colour", "shape": "shape"}.get(scene.kind)
+        attribute = scene.kind if scene.kind in ("colour", "shape") else None
         others = [o for i, o in enumerate(scene.objects)
                   if attribute and i not in scene.targets and getattr(o, attribute) != scene.answer]
         if others:

@@ -193,8 +193,9 @@ def length_bucketed(examples: Iterator[Example], batch_size: int, pool_batches: 
     """Regroup a stream so that every `batch_size` consecutive examples have similar lengths.
 
     Why: `collate` pads to the longest example of a batch; demo sequences range ~190–370 tokens, so random
-    batches of 8 are a fifth padding (19.6 %, against 3.6 % bucketed: 1.20× fewer tokens per example). Examples are drawn `pool_batches` batches at a time, sorted by length, cut into
-    batches, and the batches are yielded in random order (so training does not see lengths in order).
+    batches of 8 are a fifth padding (19.6 %, against 3.6 % bucketed: 1.20× fewer tokens per example).
+    Examples are drawn `pool_batches` batches at a time, sorted by length, cut into batches, and the batches
+    are yielded in random order (so training does not see lengths in order).
     """
     rng = random.Random(seed)
     while True:

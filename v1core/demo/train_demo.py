@@ -66,7 +66,6 @@ def demo_processor(tokenizer: Any, ids: DemoTokenIds) -> V1Processor:
 
 # Per-patch facts the auxiliary probes predict: what object box covers the patch (0 = background), and where it is.
 CELL_FACTS = (("shape", len(SHAPES) + 1), ("colour", len(COLOURS) + 1), ("size", len(SIZES) + 1), ("row", 16), ("col", 16))
-VISION_FACTS = (0, 1, 2)  # what the vision embeddings are asked (position is the keys' business)
 OBJECT_COLUMN = len(CELL_FACTS)  # last column of `cell_labels`: 1-based index of the covering object, 0 = none
 
 
@@ -132,7 +131,7 @@ class CellProbes(torch.nn.Module):
         super().__init__()
         self.image_token_id, self.weight = image_token_id, weight
         self.fact_weights = [shape_weight] + [1.0] * (len(CELL_FACTS) - 1)  # shape is the hard fact to learn
-        self.vision = torch.nn.ModuleDict({str(j): torch.nn.Linear(hidden, CELL_FACTS[j][1]) for j in VISION_FACTS})
+        self.vision = torch.nn.ModuleList(torch.nn.Linear(hidden, n) for _, n in CELL_FACTS[:3])
         self.keys = torch.nn.ModuleList(torch.nn.Linear(hidden, n) for _, n in CELL_FACTS)
         facts = CELL_FACTS[:3] if pooled else ()
         self.pooled_vision = torch.nn.ModuleList(torch.nn.Linear(hidden, n - 1) for _, n in facts)
@@ -163,8 +162,7 @@ class CellProbes(torch.nn.Module):
         loss = torch.zeros(())
         vision_states, key_states = output.hidden_states[0][image], output.hidden_states[-1][image]
         for heads, pooled, states in ((self.vision, self.pooled_vision, vision_states), (self.keys, self.pooled_keys, key_states)):
-            for j, head in (heads.items() if isinstance(heads, torch.nn.ModuleDict) else enumerate(heads)):
-                j = int(j)
+            for j, head in enumerate(heads):
                 loss = loss + self.fact_weights[j] * ce(head(states), labels[:, j].clamp(max=head.out_features - 1))
             if len(pooled):
                 means, facts = self._object_means(states, labels, examples)
