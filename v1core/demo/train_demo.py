@@ -65,7 +65,10 @@ def demo_processor(tokenizer: Any, ids: DemoTokenIds) -> V1Processor:
 
 
 # Per-patch facts the auxiliary probes predict: what object box covers the patch (0 = background), and where it is.
-CELL_FACTS = (("shape", len(SHAPES) + 1), ("colour", len(COLOURS) + 1), ("size", len(SIZES) + 1), ("row", 16), ("col", 16))
+CELL_FACTS = (("shape", len(SHAPES) + 1), ("colour", len(COLOURS) + 1), ("size", len(SIZES) + 1), ("row", 16), ("col", 16),
+              ("corner_shape", len(SHAPES) + 1), ("corner_colour", len(COLOURS) + 1))
+VISION_FACTS = (0, 1, 2, 5, 6)  # what a patch shows (and which box corner it is); row / col only on the keys
+CORNER_FACTS = (5, 6)
 OBJECT_COLUMN = len(CELL_FACTS)  # last column of `cell_labels`: 1-based index of the covering object, 0 = none
 
 
@@ -82,6 +85,7 @@ def cell_labels(scene: Scene, grid: Any) -> torch.Tensor:
         out[ids, 0] = SHAPES.index(obj.shape) + 1
         out[ids, 1] = list(COLOURS).index(obj.colour) + 1
         out[ids, 2] = SIZES.index(obj.size) + 1
+        out[ids[0], 5:7] = out[ids[0], 0:2]  # the box's top-left patch: where the first copy of a region goes
         out[ids, OBJECT_COLUMN] = n
     return out
 
@@ -121,18 +125,26 @@ class CellProbes(torch.nn.Module):
     Why: a from-scratch 1.5 M-parameter model has ~15 CPU-minutes to learn to find "the triangle". v1's loss
     only says so through a handful of copy tokens per scene; these probes label every patch and every object
     each step, on the vision embeddings (what a copy brings back) and on the last-layer states (the pointer's keys):
-    - per patch: the shape / colour / size of the object covering it, and (keys only) its row and column;
+    - per patch: the shape / colour / size of the object covering it, (keys only) its row and column, and, with
+      `corner_weight`, whether it is the top-left patch of an object's box and of which shape / colour.
+      That patch is where v1's target puts a region's first copy, and for a diamond or a star it shows mostly
+      background: the key has to learn "the corner of the diamond" from its neighbours;
     - per object: the same facts from the *mean* of its patches, i.e. from what copying all of them brings back.
       A shape is rarely visible in one 28-px patch (the middle of a large square is plain colour) but is in the
       mix of edges over its patches, so this is the signal that teaches shape.
     """
 
-    def __init__(self, hidden: int, image_token_id: int, weight: float = 1.0, pooled: bool = True, shape_weight: float = 1.0):
+    def __init__(self, hidden: int, image_token_id: int, weight: float = 1.0, pooled: bool = True, shape_weight: float = 1.0,
+                 corner_weight: float = 0.0):
         super().__init__()
         self.image_token_id, self.weight = image_token_id, weight
         self.fact_weights = [shape_weight] + [1.0] * (len(CELL_FACTS) - 1)  # shape is the hard fact to learn
-        self.vision = torch.nn.ModuleList(torch.nn.Linear(hidden, n) for _, n in CELL_FACTS[:3])
-        self.keys = torch.nn.ModuleList(torch.nn.Linear(hidden, n) for _, n in CELL_FACTS)
+        for j in CORNER_FACTS:
+            self.fact_weights[j] = corner_weight
+        self.vision_facts = [j for j in VISION_FACTS if self.fact_weights[j]]
+        self.key_facts = [j for j in range(len(CELL_FACTS)) if self.fact_weights[j]]
+        self.vision = torch.nn.ModuleList(torch.nn.Linear(hidden, CELL_FACTS[j][1]) for j in self.vision_facts)
+        self.keys = torch.nn.ModuleList(torch.nn.Linear(hidden, CELL_FACTS[j][1]) for j in self.key_facts)
         facts = CELL_FACTS[:3] if pooled else ()
         self.pooled_vision = torch.nn.ModuleList(torch.nn.Linear(hidden, n - 1) for _, n in facts)
         self.pooled_keys = torch.nn.ModuleList(torch.nn.Linear(hidden, n - 1) for _, n in facts)
@@ -161,14 +173,21 @@ class CellProbes(torch.nn.Module):
         ce = torch.nn.functional.cross_entropy
         loss = torch.zeros(())
         vision_states, key_states = output.hidden_states[0][image], output.hidden_states[-1][image]
-        for heads, pooled, states in ((self.vision, self.pooled_vision, vision_states), (self.keys, self.pooled_keys, key_states)):
-            for j, head in enumerate(heads):
+        for facts, heads, pooled, states in ((self.vision_facts, self.vision, self.pooled_vision, vision_states),
+                                             (self.key_facts, self.keys, self.pooled_keys, key_states)):
+            for j, head in zip(facts, heads):
                 loss = loss + self.fact_weights[j] * ce(head(states), labels[:, j].clamp(max=head.out_features - 1))
             if len(pooled):
                 means, facts = self._object_means(states, labels, examples)
                 for j, head in enumerate(pooled):
                     loss = loss + self.fact_weights[j] * ce(head(means), facts[:, j])
         return self.weight * loss
+
+
+def first_copies(labels: torch.Tensor, copy_token_start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, position) of every region's first copy label, positions in the shifted (predicting) frame."""
+    nxt, prev = labels[:, 1:], labels[:, :-1]
+    return ((nxt >= copy_token_start) & (prev < copy_token_start)).nonzero(as_tuple=True)
 
 
 class ObjectPointerLoss(torch.nn.Module):
@@ -189,9 +208,7 @@ class ObjectPointerLoss(torch.nn.Module):
     def forward(self, output: Any, batch: dict[str, torch.Tensor], examples: list[Example]) -> torch.Tensor:
         start = self.copy_token_start
         labels = batch["labels"][:, 1:]
-        previous = batch["labels"][:, :-1]
-        first = (labels >= start) & (previous < start)
-        rows, cols = first.nonzero(as_tuple=True)
+        rows, cols = first_copies(batch["labels"], start)
         if not len(rows):
             return output.logits.new_zeros(())
         logits = output.logits[:, :-1][rows, cols].float()
@@ -205,6 +222,26 @@ class ObjectPointerLoss(torch.nn.Module):
         on_object[torch.arange(len(rows)), patch] = True
         object_mass = logits[:, start:].masked_fill(~on_object, torch.finfo(logits.dtype).min).logsumexp(-1)
         return self.weight * (logits.logsumexp(-1) - object_mass).mean()
+
+
+class FirstCopyLoss(torch.nn.Module):
+    """Extra cross-entropy on each region's first copy: the one pointer choice that decides the object.
+
+    Why: v1's loss averages over ~85 answer tokens a scene, most of them template text or the next patch of a
+    row; the first copy (the box's top-left patch of the named object) is one of them. This adds `weight` ×
+    the mean cross-entropy of those positions alone: same target as v1's loss, just more of it. Training only.
+    """
+
+    def __init__(self, copy_token_start: int, weight: float = 1.0):
+        super().__init__()
+        self.copy_token_start, self.weight = copy_token_start, weight
+
+    def forward(self, output: Any, batch: dict[str, torch.Tensor], examples: list[Example]) -> torch.Tensor:
+        rows, cols = first_copies(batch["labels"], self.copy_token_start)
+        if not len(rows):
+            return output.logits.new_zeros(())
+        logits = output.logits[:, :-1][rows, cols].float()
+        return self.weight * torch.nn.functional.cross_entropy(logits, batch["labels"][:, 1:][rows, cols])
 
 
 class Auxiliaries(torch.nn.ModuleList):
@@ -318,6 +355,8 @@ def train_demo(
     pooled_probes: bool = True,
     shape_weight: float = 1.0,
     object_pointer_weight: float = 0.0,
+    corner_weight: float = 2.0,
+    first_copy_weight: float = 0.1,
 ) -> dict[str, Any]:
     """Train from scratch on synthetic scenes and write a complete checkpoint with its model card."""
     started = time.perf_counter()
@@ -328,14 +367,16 @@ def train_demo(
     examples = length_bucketed(examples, batch_size, seed=seed)
     hidden = model.config.text_config.hidden_size
     probes = CellProbes(hidden, model.config.image_token_id, probe_weight, pooled=pooled_probes,
-                        shape_weight=shape_weight) if probe_weight else None
+                        shape_weight=shape_weight, corner_weight=corner_weight) if probe_weight else None
     pointer = ObjectPointerLoss(model.config.copy_token_start, object_pointer_weight) if object_pointer_weight else None
-    auxiliary = Auxiliaries(m for m in (probes, pointer) if m is not None) or None
+    first = FirstCopyLoss(model.config.copy_token_start, first_copy_weight) if first_copy_weight else None
+    auxiliary = Auxiliaries(m for m in (probes, pointer, first) if m is not None) or None
     losses = train(model, processor, examples, cfg, log=log_rows.append, progress=progress, auxiliary=auxiliary)
     train_s = time.perf_counter() - started
     metrics = evaluate(model, processor, n=eval_n, seed=seed, progress=progress) if eval_n else {}
     save_checkpoint(model, processor, out_dir, cfg, losses, metrics, train_s, log_rows,
-                    probe_weight=probe_weight, shape_weight=shape_weight, object_pointer_weight=object_pointer_weight)
+                    probe_weight=probe_weight, shape_weight=shape_weight, object_pointer_weight=object_pointer_weight,
+                    corner_weight=corner_weight, first_copy_weight=first_copy_weight)
     return {"steps": len(losses), "final_loss": losses[-1], "train_s": round(train_s, 1), "eval": metrics}
 
 
@@ -421,6 +462,8 @@ def save_checkpoint(
     probe_weight: float | None = None,
     shape_weight: float | None = None,
     object_pointer_weight: float | None = None,
+    corner_weight: float | None = None,
+    first_copy_weight: float | None = None,
 ) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -437,6 +480,8 @@ def save_checkpoint(
         "probe_weight": probe_weight,
         "shape_weight": shape_weight,
         "object_pointer_weight": object_pointer_weight,
+        "corner_weight": corner_weight,
+        "first_copy_weight": first_copy_weight,
         "loss_curve": [[r["step"], round(r["loss"], 4), round(r["elapsed_s"], 1)] for r in log_rows[::50]],
         "base": base,
         "data": data,
@@ -453,6 +498,7 @@ def model_card(model: V1ForConditionalGeneration, info: dict[str, Any]) -> str:
     )
     kinds = ", ".join(f"{k}: {v}" for k, v in (ev.get("answer_accuracy_by_kind") or {}).items())
     tc = info["train_config"]
+    seed_flag = f" --seed {tc['seed']}" if tc.get("seed") else ""
     return f"""# v1 Studio demo model (tiny v1)
 
 A `V1ForConditionalGeneration` with v1-7B's architecture and config fields at toy scale
@@ -473,7 +519,7 @@ It exists so v1 Studio runs on a laptop without a GPU or a download, and as the 
   brings back) and on the last-layer states (the pointer's keys): per patch, which shape / colour / size covers it
   and (keys) where it is; per object, its shape / colour / size from the *mean* of its patches, the signal that
   taught the model shape (a shape is rarely visible in one 28-px patch). Discarded afterwards, so the checkpoint is
-  the plain v1 architecture.
+  the plain v1 architecture.{_first_copy_lines(info)}
 - Inputs: the decimals of each `[x0, y0, x1, y1]` box are randomised in the *input* (labels keep the true box), so
   copies are placed by what the pointer sees rather than by the box text the model would otherwise lean on. The
   price: the model has not learned to write accurate box text (its boxes are near-constant); the regions the
@@ -481,7 +527,7 @@ It exists so v1 Studio runs on a laptop without a GPU or a download, and as the 
 - Batches are grouped by length (`training.length_bucketed`): padding falls from 19.6 % to 3.6 % of the tokens.
 - Optimiser: AdamW β={tuple(tc['betas'])}, lr {tc['lr']} (warm-up {tc['warmup']}, cosine), batch {tc['batch_size']},
   {info['steps_run']} steps in {info['train_seconds']} s on {info['machine']}. Loss {info['first_loss']:.3f} → {info['final_loss']:.3f}.
-- Command: `v1studio train-demo` (seeded; deterministic up to floating-point thread scheduling).
+- Command: `v1studio train-demo{seed_flag}` (seeded; deterministic up to floating-point thread scheduling).
 
 ## Evaluation (held-out seeds ≥ 10,000,000, greedy, n = {ev.get('n', '—')})
 | metric | value |
@@ -496,6 +542,18 @@ revisits are worth to this model.
 It knows only this synthetic world. Its pointer is meaningful there, its text is templated; it says nothing
 about v1-7B's quality.
 """ + _intervention_section(info.get("intervention")) + _status_section(ev) + _history_section(info.get("history"))
+
+
+def _first_copy_lines(info: dict[str, Any]) -> str:
+    """Card lines for the training-only terms aimed at a region's first copy (none when they were off)."""
+    lines = []
+    if info.get("corner_weight"):
+        lines.append(f"- Corner facts (×{info['corner_weight']}): the probes also ask each patch whether it is "
+                     "the top-left patch of an object's box, and of which shape / colour: where a region's first copy goes.")
+    if info.get("first_copy_weight"):
+        lines.append(f"- First-copy loss (×{info['first_copy_weight']}): v1's cross-entropy again, on each region's first copy "
+                     "alone, the one pointer choice that decides which object the answer reads.")
+    return "".join("\n" + line for line in lines)
 
 
 TARGETS = {"pointer_precision": 0.90, "answer_accuracy": 0.90}  # the issue's targets on unseen seeds
