@@ -216,13 +216,14 @@ def test_demo_model_meets_the_bar_on_fresh_scenes():
 
     model, processor = load_model()
     res = evaluate(model, processor, n=50, seed=50_000, progress=False)  # seeds never used in training
-    # The targets (precision/accuracy >= 0.9) are NOT met by the committed model (see its card: 0.835 /
-    # 0.68 on seeds 0–199, 0.805 / 0.75 on 5,000–5,199). This guards what it does achieve, a little below the
-    # measurement: pointing far above chance (~0.15 of the grid is the target), and copying that pays off.
-    assert res["pointer_precision"] >= 0.65, res  # measured 0.70 on these 50
+    # The accuracy target (>= 0.9) is NOT met by the committed model (see its card: 0.899 / 0.715 on
+    # seeds 0–199, 0.903 / 0.705 on 5,000–5,199). This guards what it does achieve, a little below the
+    # measurement: pointing far above chance (~0.15 of the grid is the target), and copying that pays off
+    # (on seeds 0–199 by 0.32: 0.715 vs 0.395 with copies banned; on these 50 by 0.18).
+    assert res["pointer_precision"] >= 0.8, res  # measured 0.862 on these 50
     assert res["revisit_rate"] >= 0.9, res
-    assert res["answer_accuracy"] >= 0.6, res  # measured 0.66
-    assert res["answer_accuracy"] >= res["answer_accuracy_no_copy"] + 0.25, res  # measured 0.66 vs 0.30
+    assert res["answer_accuracy"] >= 0.6, res  # measured 0.64
+    assert res["answer_accuracy"] >= res["answer_accuracy_no_copy"] + 0.12, res  # measured 0.64 vs 0.46
 
 
 @needs_ckpt
@@ -258,7 +259,7 @@ def test_forcing_the_right_region_fixes_answers_on_the_demo_model():
 
     res = measure(40, start=200_000)  # 40 scenes: the model's first pointer misses in only 8 of them
     assert res["scenes_with_wrong_first_pointer"] >= 5, res
-    assert res["right_answer_after_forcing_right_patches"] >= 0.8, res  # measured 0.875 (7/8)
-    assert res["answer_accuracy_first_revisit_removed"] < res["answer_accuracy"], res  # 0.375 vs 0.7
-    assert res["answer_followed_the_redirected_revisit"] >= 0.7, res  # measured 17/21 (0.81)
+    assert res["right_answer_after_forcing_right_patches"] >= 0.8, res  # measured 1.0 (8/8)
+    assert res["answer_accuracy_first_revisit_removed"] < res["answer_accuracy"], res  # 0.4 vs 0.675
+    assert res["answer_followed_the_redirected_revisit"] >= 0.7, res  # measured 18/21 (0.857)
     assert res["right_answer_after_forcing_right_patches"] > res["answer_accuracy"], res

@@ -356,7 +356,7 @@ def train_demo(
     shape_weight: float = 1.0,
     object_pointer_weight: float = 0.0,
     corner_weight: float = 2.0,
-    first_copy_weight: float = 0.1,
+    first_copy_weight: float = 0.3,
 ) -> dict[str, Any]:
     """Train from scratch on synthetic scenes and write a complete checkpoint with its model card."""
     started = time.perf_counter()
