@@ -85,7 +85,8 @@ def cell_labels(scene: Scene, grid: Any) -> torch.Tensor:
         out[ids, 0] = SHAPES.index(obj.shape) + 1
         out[ids, 1] = list(COLOURS).index(obj.colour) + 1
         out[ids, 2] = SIZES.index(obj.size) + 1
-        out[ids[0], 5:7] = out[ids[0], 0:2]  # the box's top-left patch: where the first copy of a region goes
+        # the box's top-left patch, where a region's first copy goes, also names the object's shape and colour
+        out[ids[0], list(CORNER_FACTS)] = out[ids[0], :2].clone()
         out[ids, OBJECT_COLUMN] = n
     return out
 
@@ -173,14 +174,14 @@ class CellProbes(torch.nn.Module):
         ce = torch.nn.functional.cross_entropy
         loss = torch.zeros(())
         vision_states, key_states = output.hidden_states[0][image], output.hidden_states[-1][image]
-        for facts, heads, pooled, states in ((self.vision_facts, self.vision, self.pooled_vision, vision_states),
-                                             (self.key_facts, self.keys, self.pooled_keys, key_states)):
-            for j, head in zip(facts, heads):
+        for cell_facts, heads, pooled, states in ((self.vision_facts, self.vision, self.pooled_vision, vision_states),
+                                                  (self.key_facts, self.keys, self.pooled_keys, key_states)):
+            for j, head in zip(cell_facts, heads):
                 loss = loss + self.fact_weights[j] * ce(head(states), labels[:, j].clamp(max=head.out_features - 1))
             if len(pooled):
-                means, facts = self._object_means(states, labels, examples)
+                means, object_facts = self._object_means(states, labels, examples)
                 for j, head in enumerate(pooled):
-                    loss = loss + self.fact_weights[j] * ce(head(means), facts[:, j])
+                    loss = loss + self.fact_weights[j] * ce(head(means), object_facts[:, j])
         return self.weight * loss
 
 
@@ -188,6 +189,16 @@ def first_copies(labels: torch.Tensor, copy_token_start: int) -> tuple[torch.Ten
     """(row, position) of every region's first copy label, positions in the shifted (predicting) frame."""
     nxt, prev = labels[:, 1:], labels[:, :-1]
     return ((nxt >= copy_token_start) & (prev < copy_token_start)).nonzero(as_tuple=True)
+
+
+def first_copy_logits(
+    output: Any, labels: torch.Tensor, copy_token_start: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(batch rows, float logits [n, vocab ∥ patches], target ids) at every region's first copy; None if none."""
+    rows, cols = first_copies(labels, copy_token_start)
+    if not len(rows):
+        return None
+    return rows, output.logits[:, :-1][rows, cols].float(), labels[:, 1:][rows, cols]
 
 
 class ObjectPointerLoss(torch.nn.Module):
@@ -207,16 +218,15 @@ class ObjectPointerLoss(torch.nn.Module):
 
     def forward(self, output: Any, batch: dict[str, torch.Tensor], examples: list[Example]) -> torch.Tensor:
         start = self.copy_token_start
-        labels = batch["labels"][:, 1:]
-        rows, cols = first_copies(batch["labels"], start)
-        if not len(rows):
+        found = first_copy_logits(output, batch["labels"], start)
+        if found is None:
             return output.logits.new_zeros(())
-        logits = output.logits[:, :-1][rows, cols].float()
+        rows, logits, targets = found
         width = logits.shape[-1] - start
         owner = torch.zeros(len(examples), width, dtype=torch.long)
         for i, e in enumerate(examples):
             owner[i, : len(e.cell_labels)] = e.cell_labels[:, OBJECT_COLUMN]
-        patch = labels[rows, cols] - start
+        patch = targets - start
         target_owner = owner[rows, patch]
         on_object = (owner[rows] == target_owner[:, None]) & (target_owner[:, None] > 0)
         on_object[torch.arange(len(rows)), patch] = True
@@ -237,11 +247,11 @@ class FirstCopyLoss(torch.nn.Module):
         self.copy_token_start, self.weight = copy_token_start, weight
 
     def forward(self, output: Any, batch: dict[str, torch.Tensor], examples: list[Example]) -> torch.Tensor:
-        rows, cols = first_copies(batch["labels"], self.copy_token_start)
-        if not len(rows):
+        found = first_copy_logits(output, batch["labels"], self.copy_token_start)
+        if found is None:
             return output.logits.new_zeros(())
-        logits = output.logits[:, :-1][rows, cols].float()
-        return self.weight * torch.nn.functional.cross_entropy(logits, batch["labels"][:, 1:][rows, cols])
+        _, logits, targets = found
+        return self.weight * torch.nn.functional.cross_entropy(logits, targets)
 
 
 class Auxiliaries(torch.nn.ModuleList):
