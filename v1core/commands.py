@@ -20,12 +20,12 @@ def train_demo_cmd(
     out: Path = typer.Option(None, help="checkpoint folder (default: the embedded demo checkpoint, or a fine-tune folder)"),
     steps: int = typer.Option(4000, help="optimiser steps (the time budget normally ends training first)"),
     batch_size: int = typer.Option(8),
-    minutes: float = typer.Option(12.5, help="training wall-clock budget (the whole command, eval included, stays under 15 min)"),
+    minutes: float = typer.Option(13.0, help="training wall-clock budget (the whole command, eval included, stays under 15 min)"),
     seed: int = typer.Option(0),
     eval_n: int = typer.Option(200, help="held-out scenes evaluated for the model card (0 to skip)"),
     from_export: Optional[Path] = typer.Option(None, help="fine-tune on exported v1g rows (JSONL or parquet)"),
     base: Optional[Path] = typer.Option(None, help="checkpoint to fine-tune with --from-export (default: demo)"),
-    lr: Optional[float] = typer.Option(None, help="learning rate (default 2e-3 from scratch, 5e-4 fine-tuning)"),
+    lr: Optional[float] = typer.Option(None, help="learning rate (default: train_demo's from scratch, 5e-4 fine-tuning)"),
 ) -> None:
     """Train the embedded tiny v1 on synthetic scenes (or fine-tune it on an export)."""
     from .demo.train_demo import finetune_from_export, train_demo
@@ -40,7 +40,7 @@ def train_demo_cmd(
     else:
         out = out or DEMO_CHECKPOINT
         res = train_demo(out, steps=steps, batch_size=batch_size, time_budget_s=minutes * 60, seed=seed,
-                         eval_n=eval_n, lr=lr or 2e-3)
+                         eval_n=eval_n, **({"lr": lr} if lr else {}))
     typer.echo(json.dumps(res, indent=2))
     typer.echo(f"checkpoint written to {out}")
 

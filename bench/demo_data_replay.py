@@ -1,0 +1,73 @@
+"""Benchmark: training throughput of the demo recipe with every scene fresh vs each scene seen twice.
+
+`train_demo(replay=2)` renders and preprocesses half as many scenes for the same number of steps. This runs the
+same training step (forward + backward + AdamW, auxiliaries included) fed by both streams, interleaved, and
+prints the data time, the step time and the ratio of steps per minute. Usage: python bench/demo_data_replay.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from v1core.demo.scenes import make_scene, train_seeds  # noqa: E402
+from v1core.demo.train_demo import (  # noqa: E402
+    Auxiliaries, CellProbes, FactWordLoss, FirstCopyLoss, fact_trigger_ids, new_demo_model, scene_example, with_noisy_boxes,
+)
+from v1core.training import collate, cycle, length_bucketed, linear_patch_embedding, replayed  # noqa: E402
+
+
+def stream(proc, replay: int):
+    examples = cycle(lambda s: scene_example(proc, make_scene(s)), train_seeds(200_000))
+    if replay > 1:
+        examples = replayed(examples, replay, pool=16)  # train_demo's window is 256; 16 averages out in a few steps
+    return length_bucketed(with_noisy_boxes(examples, proc.tokenizer), 8)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=16)
+    args = ap.parse_args()
+    model, proc = new_demo_model(seed=0)
+    model.train()
+    start = model.config.copy_token_start
+    aux = Auxiliaries([CellProbes(128, model.config.image_token_id, corner_weight=2.0), FirstCopyLoss(start, 0.3),
+                       FactWordLoss(fact_trigger_ids(proc.tokenizer), 0.3)])
+    opt = torch.optim.AdamW(list(model.parameters()) + list(aux.parameters()), lr=1e-4)
+    streams = {"fresh": stream(proc, 1), "replay2": stream(proc, 2)}
+    data: dict[str, list[float]] = {k: [] for k in streams}
+    step: dict[str, list[float]] = {k: [] for k in streams}
+    with linear_patch_embedding(model):
+        for i in range(args.steps + 1):
+            for name, examples in streams.items():  # interleaved so machine drift hits both
+                t0 = time.perf_counter()
+                chunk = [next(examples) for _ in range(8)]
+                batch = collate(chunk, proc.tokenizer.pad_token_id)
+                t1 = time.perf_counter()
+                out = model(**batch, use_cache=False, output_hidden_states=True)
+                (out.loss + aux(out, batch, chunk)).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if i > 0:  # the first round warms up both
+                    data[name].append(t1 - t0)
+                    step[name].append(time.perf_counter() - t0)
+    res = {k: {"data_s": round(statistics.mean(data[k]), 3), "step_s": round(statistics.mean(step[k]), 3)} for k in streams}
+    ratio = res["fresh"]["step_s"] / res["replay2"]["step_s"]
+    print(f"demo training step, batch 8: fresh scenes {res['fresh']['step_s']:.3f} s (data {res['fresh']['data_s']:.3f} s), "
+          f"each scene twice {res['replay2']['step_s']:.3f} s (data {res['replay2']['data_s']:.3f} s) → ×{ratio:.2f} steps/min")
+    print(json.dumps({"machine": f"{platform.machine()} threads={torch.get_num_threads()} torch={torch.__version__}",
+                      "steps": args.steps, **res, "steps_per_min_ratio": round(ratio, 2)}))
+
+
+if __name__ == "__main__":
+    main()
