@@ -41,11 +41,11 @@ def test_linear_patch_embedding_is_the_conv_it_replaces_and_is_undone():
 
 def test_training_inputs_randomise_box_decimals_but_keep_the_labels():
     from v1core.demo.scenes import make_scene
-    from v1core.demo.train_demo import new_demo_model, scene_example
+    from v1core.demo.train_demo import new_demo_model, scene_example, with_noisy_boxes
 
     _, proc = new_demo_model(seed=0)
-    scene = make_scene(1)
-    clean, noisy = scene_example(proc, scene), scene_example(proc, scene, noisy_boxes=True)
+    clean = scene_example(proc, make_scene(1))
+    noisy = next(with_noisy_boxes(iter([clean]), proc.tokenizer))
     assert clean.labels == noisy.labels and len(clean.input_ids) == len(noisy.input_ids)
     changed = [i for i, (a, b) in enumerate(zip(clean.input_ids, noisy.input_ids)) if a != b]
     assert changed, "no box decimal was randomised"

@@ -91,12 +91,10 @@ def cell_labels(scene: Scene, grid: Any) -> torch.Tensor:
     return out
 
 
-def scene_example(processor: V1Processor, scene: Scene, noisy_boxes: bool = False) -> Example:
+def scene_example(processor: V1Processor, scene: Scene) -> Example:
     grid = processor.grid_for(scene.image)
     example = build_example(processor, scene.image, scene.question, target_text(scene, grid))
     example.cell_labels = cell_labels(scene, grid)
-    if noisy_boxes:
-        randomise_box_decimals(example, processor.tokenizer, random.Random(scene.seed))
     return example
 
 
@@ -207,7 +205,12 @@ def first_copy_logits(
     rows, cols = first_copies(labels, copy_token_start)
     if not len(rows):
         return None
-    return rows, output.logits[:, :-1][rows, cols].float(), labels[:, 1:][rows, cols]
+    return rows, *shifted_at(output, labels, rows, cols)
+
+
+def shifted_at(output: Any, labels: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float logits, target ids) of the predicting positions (rows, cols): position p predicts labels[p + 1]."""
+    return output.logits[:, :-1][rows, cols].float(), labels[:, 1:][rows, cols]
 
 
 class ObjectPointerLoss(torch.nn.Module):
@@ -285,8 +288,8 @@ class FactWordLoss(torch.nn.Module):
         rows, cols = after_trigger.nonzero(as_tuple=True)
         if not len(rows):
             return output.logits.new_zeros(())
-        logits = output.logits[:, :-1][rows, cols].float()
-        return self.weight * torch.nn.functional.cross_entropy(logits, labels[:, 1:][rows, cols])
+        logits, targets = shifted_at(output, labels, rows, cols)
+        return self.weight * torch.nn.functional.cross_entropy(logits, targets)
 
 
 def fact_trigger_ids(tokenizer: Any) -> list[int]:
