@@ -20,18 +20,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from v1core.demo.scenes import make_scene, train_seeds  # noqa: E402
 from v1core.demo.train_demo import (  # noqa: E402
-    Auxiliaries, CellProbes, FactWordLoss, FirstCopyLoss, fact_trigger_ids, new_demo_model, scene_example, with_noisy_boxes,
+    Auxiliaries, CellProbes, FactWordLoss, FirstCopyLoss, demo_examples, fact_trigger_ids, new_demo_model,
 )
-from v1core.training import collate, cycle, length_bucketed, linear_patch_embedding, replayed  # noqa: E402
-
-
-def stream(proc, replay: int):
-    examples = cycle(lambda s: scene_example(proc, make_scene(s)), train_seeds(200_000))
-    if replay > 1:
-        examples = replayed(examples, replay, pool=16)  # train_demo's window is 256; 16 averages out in a few steps
-    return length_bucketed(with_noisy_boxes(examples, proc.tokenizer), 8)
+from v1core.training import collate, linear_patch_embedding  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +36,8 @@ def main() -> None:
     aux = Auxiliaries([CellProbes(128, model.config.image_token_id, corner_weight=2.0), FirstCopyLoss(start, 0.3),
                        FactWordLoss(fact_trigger_ids(proc.tokenizer), 0.3)])
     opt = torch.optim.AdamW(list(model.parameters()) + list(aux.parameters()), lr=1e-4)
-    streams = {"fresh": stream(proc, 1), "replay2": stream(proc, 2)}
+    # train_demo's replay window is 256 scenes; 16 averages out within a few steps
+    streams = {name: demo_examples(proc, 8, replay=r, replay_pool=16) for name, r in (("fresh", 1), ("replay2", 2))}
     data: dict[str, list[float]] = {k: [] for k in streams}
     step: dict[str, list[float]] = {k: [] for k in streams}
     with linear_patch_embedding(model):

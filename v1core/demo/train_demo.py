@@ -127,6 +127,18 @@ def randomise_box_decimals(example: Example, tokenizer: Any, rng: random.Random)
             ids[i] = rng.choice(digits)
 
 
+def demo_examples(processor: V1Processor, batch_size: int, seed: int = 0, replay: int = 2, noisy_boxes: bool = True,
+                  replay_pool: int = 256) -> Iterator[Example]:
+    """The training stream of `train_demo`: scenes from the training seeds, each `replay` times, box decimals
+    randomised on every use, grouped into length-bucketed batches of `batch_size`."""
+    examples = cycle(lambda s: scene_example(processor, make_scene(s)), train_seeds(200_000))
+    if replay > 1:
+        examples = replayed(examples, replay, pool=replay_pool, seed=seed)
+    if noisy_boxes:
+        examples = with_noisy_boxes(examples, processor.tokenizer, seed=seed)
+    return length_bucketed(examples, batch_size, seed=seed)
+
+
 class CellProbes(torch.nn.Module):
     """Linear probes that ask the image patches what they show and where (training only, then discarded).
 
@@ -422,12 +434,7 @@ def train_demo(
     model, processor = new_demo_model(seed)
     log_rows: list[dict[str, Any]] = []
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, time_budget_s=time_budget_s)
-    examples = cycle(lambda s: scene_example(processor, make_scene(s)), train_seeds(200_000))
-    if replay > 1:
-        examples = replayed(examples, replay, seed=seed)
-    if noisy_boxes:
-        examples = with_noisy_boxes(examples, processor.tokenizer, seed=seed)
-    examples = length_bucketed(examples, batch_size, seed=seed)
+    examples = demo_examples(processor, batch_size, seed=seed, replay=replay, noisy_boxes=noisy_boxes)
     hidden = model.config.text_config.hidden_size
     probes = CellProbes(hidden, model.config.image_token_id, probe_weight, pooled=pooled_probes,
                         shape_weight=shape_weight, corner_weight=corner_weight) if probe_weight else None
@@ -438,10 +445,9 @@ def train_demo(
     losses = train(model, processor, examples, cfg, log=log_rows.append, progress=progress, auxiliary=auxiliary)
     train_s = time.perf_counter() - started
     metrics = evaluate(model, processor, n=eval_n, seed=seed, progress=progress) if eval_n else {}
-    save_checkpoint(model, processor, out_dir, cfg, losses, metrics, train_s, log_rows,
-                    probe_weight=probe_weight, shape_weight=shape_weight, object_pointer_weight=object_pointer_weight,
-                    corner_weight=corner_weight, first_copy_weight=first_copy_weight, fact_weight=fact_weight,
-                    replay=replay)
+    recipe = dict(probe_weight=probe_weight, shape_weight=shape_weight, object_pointer_weight=object_pointer_weight,
+                  corner_weight=corner_weight, first_copy_weight=first_copy_weight, fact_weight=fact_weight, replay=replay)
+    save_checkpoint(model, processor, out_dir, cfg, losses, metrics, train_s, log_rows, recipe=recipe)
     return {"steps": len(losses), "final_loss": losses[-1], "train_s": round(train_s, 1), "eval": metrics}
 
 
@@ -524,14 +530,9 @@ def save_checkpoint(
     log_rows: list[dict[str, Any]],
     base: str | None = None,
     data: str | None = None,
-    probe_weight: float | None = None,
-    shape_weight: float | None = None,
-    object_pointer_weight: float | None = None,
-    corner_weight: float | None = None,
-    first_copy_weight: float | None = None,
-    fact_weight: float | None = None,
-    replay: int | None = None,
+    recipe: dict[str, Any] | None = None,
 ) -> None:
+    """Weights, tokenizer, processor config, training_info.json (with `recipe`: train_demo's knobs) and the card."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
@@ -544,13 +545,7 @@ def save_checkpoint(
         "train_seconds": round(train_s, 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "eval": metrics,
-        "probe_weight": probe_weight,
-        "shape_weight": shape_weight,
-        "object_pointer_weight": object_pointer_weight,
-        "corner_weight": corner_weight,
-        "first_copy_weight": first_copy_weight,
-        "fact_weight": fact_weight,
-        "replay": replay,
+        **(recipe or {}),
         "loss_curve": [[r["step"], round(r["loss"], 4), round(r["elapsed_s"], 1)] for r in log_rows[::50]],
         "base": base,
         "data": data,
