@@ -41,11 +41,11 @@ def test_linear_patch_embedding_is_the_conv_it_replaces_and_is_undone():
 
 def test_training_inputs_randomise_box_decimals_but_keep_the_labels():
     from v1core.demo.scenes import make_scene
-    from v1core.demo.train_demo import new_demo_model, scene_example, with_noisy_boxes
+    from v1core.demo.train_demo import new_demo_model, scene_example, with_input_noise
 
     _, proc = new_demo_model(seed=0)
     clean = scene_example(proc, make_scene(1))
-    noisy = next(with_noisy_boxes(iter([clean]), proc.tokenizer))
+    noisy = next(with_input_noise(iter([clean]), proc.tokenizer))
     assert clean.labels == noisy.labels and len(clean.input_ids) == len(noisy.input_ids)
     changed = [i for i, (a, b) in enumerate(zip(clean.input_ids, noisy.input_ids)) if a != b]
     assert changed, "no box decimal was randomised"
@@ -114,6 +114,16 @@ def test_object_probes_pool_each_objects_patches_and_label_them():
     loss.backward()
     assert loss.item() > 0 and all(h.weight.grad is not None for h in probes.pooled_vision)
     assert model.model.visual.patch_embed.proj.weight.grad.abs().sum() > 0  # it trains the vision tower
+
+
+def test_shape_weight_also_weights_the_corner_shape_fact_that_shape_named_pointing_needs():
+    from v1core.demo.train_demo import CELL_FACTS, CORNER_FACTS, CellProbes
+
+    probes = CellProbes(128, image_token_id=0, shape_weight=2.0, corner_weight=2.0)
+    names = [name for name, _ in CELL_FACTS]
+    weights = dict(zip(names, probes.fact_weights))
+    assert (weights["shape"], weights["corner_shape"], weights["corner_colour"], weights["colour"]) == (2.0, 4.0, 2.0, 1.0)
+    assert names[CORNER_FACTS[0]] == "corner_shape"
 
 
 def test_object_pointer_loss_scores_the_mass_on_the_first_copys_whole_object():
@@ -213,6 +223,24 @@ def test_fact_word_loss_scores_the_words_read_from_the_copies_and_the_answer():
     assert loss(SimpleNamespace(logits=logits), batch, examples).item() == pytest.approx(0.5 * 30, abs=1e-2)
 
 
+def test_first_copies_are_scored_per_named_object_by_how_the_question_names_it():
+    from v1core.demo.scenes import make_scene
+    from v1core.demo.train_demo import _first_copies_on_objects
+
+    scene = next(make_scene(s) for s in range(100) if make_scene(s).kind == "compare")  # two colour-named objects
+    grid = scene.grid()
+    a, b = (grid.bbox_to_patches(o.box) for o in scene.target_objects)
+    start, text = 1000, 7
+    right = [text, start + a[0], start + a[1], text, text, start + b[0], text]
+    assert _first_copies_on_objects(scene, grid, right, start) == [("colour", True), ("colour", True)]
+    swapped = [text, start + b[0], text, start + b[0], start + a[0]]  # region 1 starts on the other object
+    assert _first_copies_on_objects(scene, grid, swapped, start) == [("colour", False), ("colour", True)]
+    assert _first_copies_on_objects(scene, grid, [text, start + a[0]], start) == [("colour", True), ("colour", False)]
+    size_q = next(make_scene(s) for s in range(100) if make_scene(s).kind == "size")  # "Is the cross small or large?"
+    corner = size_q.grid().bbox_to_patches(size_q.target_objects[0].box)[0]
+    assert _first_copies_on_objects(size_q, size_q.grid(), [start + corner], start) == [("shape", True)]
+
+
 def test_replayed_yields_every_example_the_asked_number_of_times_spread_out():
     from v1core.training import replayed
 
@@ -224,16 +252,56 @@ def test_replayed_yields_every_example_the_asked_number_of_times_spread_out():
     assert first != sorted(first), "repeats should be shuffled, not back to back"
 
 
+def test_asked_examples_share_one_image_and_match_building_each_question_from_scratch():
+    import numpy as np
+
+    from v1core.demo.scenes import ask_again, make_scene
+    from v1core.demo.targets import target_text
+    from v1core.demo.train_demo import asked_examples, new_demo_model
+    from v1core.training import build_example
+
+    _, proc = new_demo_model(seed=0)
+    scene = make_scene(3)
+    first, second = asked_examples(proc, scene, asks=2, seed=7)
+    other = ask_again(scene, np.random.default_rng([7, scene.seed]))
+    ref = build_example(proc, scene.image, other.question, target_text(other, proc.grid_for(scene.image)))
+    assert (second.input_ids, second.labels) == (ref.input_ids, ref.labels) and second.input_ids != first.input_ids
+    assert second.pixel_values is first.pixel_values and torch.equal(second.pixel_values, ref.pixel_values)
+    assert second.cell_labels is first.cell_labels
+    assert len(asked_examples(proc, scene, asks=1)) == 1
+
+
 def test_noisy_boxes_draw_fresh_digits_for_a_replayed_example_and_leave_it_untouched():
     from v1core.demo.scenes import make_scene
-    from v1core.demo.train_demo import new_demo_model, scene_example, with_noisy_boxes
+    from v1core.demo.train_demo import new_demo_model, scene_example, with_input_noise
 
     _, proc = new_demo_model(seed=0)
     clean = scene_example(proc, make_scene(1))
     original = list(clean.input_ids)
-    a, b = with_noisy_boxes(iter([clean, clean]), proc.tokenizer, seed=0)
+    a, b = with_input_noise(iter([clean, clean]), proc.tokenizer, seed=0)
     assert clean.input_ids == original and a.labels == b.labels == clean.labels
     assert a.input_ids != original and a.input_ids != b.input_ids
+
+
+def test_jitter_copies_moves_some_input_copies_to_a_neighbour_but_never_a_regions_first_or_the_labels():
+    import random
+    from dataclasses import replace
+
+    from v1core.demo.scenes import make_scene
+    from v1core.demo.train_demo import jitter_copies, new_demo_model, scene_example
+
+    _, proc = new_demo_model(seed=0)
+    clean = scene_example(proc, make_scene(1))
+    start, cols = proc.copy_token_start, int(clean.image_grid_thw[0][2]) // 2
+    noisy = replace(clean, input_ids=list(clean.input_ids))
+    jitter_copies(noisy, start, random.Random(0), p=0.5)
+    assert noisy.labels == clean.labels
+    moved = [(i, a - start, b - start) for i, (a, b) in enumerate(zip(clean.input_ids, noisy.input_ids)) if a != b]
+    n_copies = sum(t >= start for t in clean.labels)
+    assert 0.2 * n_copies < len(moved) < 0.8 * n_copies
+    for i, a, b in moved:
+        assert clean.input_ids[i - 1] >= start, "a region's first copy is never moved"
+        assert abs(a // cols - b // cols) + abs(a % cols - b % cols) == 1, "moved to a 4-neighbour"
 
 
 def test_train_demo_writes_a_loadable_checkpoint_whose_card_states_the_recipe(tmp_path):
@@ -242,14 +310,16 @@ def test_train_demo_writes_a_loadable_checkpoint_whose_card_states_the_recipe(tm
     from v1core.demo.train_demo import train_demo
 
     res = train_demo(tmp_path, steps=3, batch_size=2, time_budget_s=None, eval_n=2, progress=False,
-                     fact_weight=0.3, replay=2)
+                     fact_weight=0.3, replay=2, asks=2, copy_noise=0.2)
     assert res["steps"] == 3 and res["eval"]["n"] == 2
     model, proc = load_model(tmp_path, device="cpu")
     assert model.config.model_type == "v1" and proc.copy_token_num == model.config.copy_token_num
     info = json.loads((tmp_path / "training_info.json").read_text())
-    assert info["fact_weight"] == 0.3 and info["replay"] == 2 and info["first_copy_weight"] == 0.3
+    assert info["fact_weight"] == 0.3 and info["replay"] == 2 and info["asks"] == 2 and info["first_copy_weight"] == 0.3
+    assert info["copy_noise"] == 0.2 and info["shape_weight"] == 2.0
     card = (tmp_path / "README.md").read_text()
     assert "Fact-word loss (×0.3)" in card and "trained on 2 times" in card and "First-copy loss (×0.3)" in card
+    assert "asked 2 questions" in card and "Copy noise (0.2)" in card and "first_copy_on_object" in card
 
 
 def test_length_bucketed_batches_similar_lengths_and_keeps_every_example():
@@ -288,14 +358,16 @@ def test_demo_model_meets_the_bar_on_fresh_scenes():
 
     model, processor = load_model()
     res = evaluate(model, processor, n=50, seed=50_000, progress=False)  # seeds never used in training
-    # The issue's targets (>= 0.9) are not both met by the committed model (see its card: 0.901 / 0.89 on seeds
-    # 0–199, 0.865 / 0.845 on 5,000–5,199). This guards what it does achieve, a little below the measurement:
-    # pointing far above chance (~0.15 of the grid is the target), and answers that come from the copies
-    # (with copies banned, accuracy falls to 0.06 on seeds 0–199 and 0.04 on these 50).
-    assert res["pointer_precision"] >= 0.84, res  # measured 0.878 on these 50
+    # The issue's targets are precision and accuracy >= 0.9 on unseen seeds; the committed model measures 0.939 / 0.92
+    # on seeds 0–199, 0.938 / 0.93 on 5,000+, 0.909 / 0.93 on 20,000+ and 0.969 / 0.96 on these 50 (its card). The
+    # bar sits a little lower, as the issue asks, for robustness: a retrained model (another seed) lands within
+    # ~0.05. Answers must come from the copies (with copies banned, accuracy falls to 0.06 on these 50), and
+    # objects named by their shape must be found (the previous checkpoint's first copy found them 0.69 of the time).
+    assert res["pointer_precision"] >= 0.88, res  # measured 0.969
     assert res["revisit_rate"] >= 0.9, res
-    assert res["answer_accuracy"] >= 0.8, res  # measured 0.88
-    assert res["answer_accuracy"] >= res["answer_accuracy_no_copy"] + 0.5, res  # measured 0.88 vs 0.04
+    assert res["answer_accuracy"] >= 0.88, res  # measured 0.96
+    assert res["answer_accuracy"] >= res["answer_accuracy_no_copy"] + 0.6, res  # measured 0.96 vs 0.06
+    assert res["first_copy_on_object_by_name"]["shape"] >= 0.85, res  # measured 0.9375
 
 
 @needs_ckpt
@@ -321,17 +393,18 @@ def test_traces_revisit_the_asked_about_object():
 @needs_ckpt
 @pytest.mark.slow
 def test_forcing_the_right_region_fixes_answers_on_the_demo_model():
-    """Issue 8 evidence: where the demo model's first revisit missed, forcing the asked-about object's patches
-    gives the right answer far more often than the model's overall accuracy (numbers in the model card)."""
+    """Issue 8 evidence that the answers depend on the revisits (numbers in the model card): removing the first
+    one costs most of the accuracy, a revisit redirected to another object carries the answer with it, and where
+    the first revisit missed, forcing the asked-about object's patches gives the right answer."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     from intervention_evidence import measure
 
-    res = measure(40, start=200_000)  # 40 scenes: the model's first pointer misses in only 8 of them
-    assert res["scenes_with_wrong_first_pointer"] >= 5, res
-    assert res["right_answer_after_forcing_right_patches"] >= 0.8, res  # measured 1.0 (8/8)
-    assert res["answer_accuracy_first_revisit_removed"] < res["answer_accuracy"] - 0.3, res  # 0.25 vs 0.875
+    res = measure(40, start=200_000)  # 40 scenes: the model's first pointer misses in only 2 of them
+    assert res["scenes_with_wrong_first_pointer"] >= 1, res
+    assert res["right_answer_after_forcing_right_patches"] >= 0.8, res  # measured 1.0 (2/2)
+    assert res["answer_accuracy_first_revisit_removed"] < res["answer_accuracy"] - 0.5, res  # 0.175 vs 0.95
     assert res["answer_followed_the_redirected_revisit"] >= 0.8, res  # measured 21/21
     assert res["right_answer_after_forcing_right_patches"] > res["answer_accuracy"], res

@@ -37,19 +37,26 @@ def build_example(processor: V1Processor, image: Image.Image, question: str, ans
     copy ids (unlike user questions, which are tokenised with special tokens disabled).
     """
     batch = processor(image, question)
-    prompt = batch["input_ids"][0].tolist()
+    return _with_answer(processor, batch["input_ids"][0].tolist(), answer_text, batch["pixel_values"], batch["image_grid_thw"])
+
+
+def ask_same_image(processor: V1Processor, example: Example, question: str, answer_text: str) -> Example:
+    """Another (question, answer) about `example`'s image, reusing its preprocessed pixels: only text is tokenised."""
+    n_patches = int(example.image_grid_thw[0].prod()) // processor.merge_size**2
+    prompt = processor.prompt_ids(question, n_patches)
+    return _with_answer(processor, prompt, answer_text, example.pixel_values, example.image_grid_thw)
+
+
+def _with_answer(processor: V1Processor, prompt: list[int], answer_text: str, pixel_values: torch.Tensor,
+                 image_grid_thw: torch.Tensor) -> Example:
     answer = processor.tokenizer(answer_text, add_special_tokens=False)["input_ids"]
     answer.append(processor.tokenizer.convert_tokens_to_ids("<|im_end|>"))
-    n_patches = int(batch["image_grid_thw"][0].prod()) // processor.merge_size**2
+    n_patches = int(image_grid_thw[0].prod()) // processor.merge_size**2
     bad = [t for t in answer if t >= processor.copy_token_start + n_patches]
     if bad:
         raise ValueError(f"answer copies patch {bad[0] - processor.copy_token_start} but the image has {n_patches}")
-    return Example(
-        input_ids=prompt + answer,
-        labels=[-100] * len(prompt) + answer,
-        pixel_values=batch["pixel_values"],
-        image_grid_thw=batch["image_grid_thw"],
-    )
+    return Example(input_ids=prompt + answer, labels=[-100] * len(prompt) + answer, pixel_values=pixel_values,
+                   image_grid_thw=image_grid_thw)
 
 
 @contextmanager
