@@ -150,7 +150,7 @@ def question_candidates(kind: str, objects: list[SceneObject]) -> list[tuple[str
 
 # Kinds a re-asked question is drawn from (`ask_again`): objects named by their shape (colour and size questions)
 # twice as often, because pointing at "the cross" was the weak spot of the checkpoint this was tried on (first copy
-# on the named object 0.69 when named by shape, ~0.97 by colour). `train_demo(asks=2)` is off by default: its one
+# on the named object 0.69 when named by shape, 0.93 by colour). `train_demo(asks=2)` is off by default: its one
 # run scored lower (see the demo model card's history).
 REASK_KIND_WEIGHTS: dict[str, float] = {"colour": 2.0, "size": 2.0, "shape": 1.0, "compare": 1.0}
 
