@@ -42,8 +42,7 @@ def build_example(processor: V1Processor, image: Image.Image, question: str, ans
 
 def ask_same_image(processor: V1Processor, example: Example, question: str, answer_text: str) -> Example:
     """Another (question, answer) about `example`'s image, reusing its preprocessed pixels: only text is tokenised."""
-    n_patches = int(example.image_grid_thw[0].prod()) // processor.merge_size**2
-    prompt = processor.prompt_ids(question, n_patches)
+    prompt = processor.prompt_ids(question, _merged_patches(processor, example.image_grid_thw))
     return _with_answer(processor, prompt, answer_text, example.pixel_values, example.image_grid_thw)
 
 
@@ -51,12 +50,17 @@ def _with_answer(processor: V1Processor, prompt: list[int], answer_text: str, pi
                  image_grid_thw: torch.Tensor) -> Example:
     answer = processor.tokenizer(answer_text, add_special_tokens=False)["input_ids"]
     answer.append(processor.tokenizer.convert_tokens_to_ids("<|im_end|>"))
-    n_patches = int(image_grid_thw[0].prod()) // processor.merge_size**2
+    n_patches = _merged_patches(processor, image_grid_thw)
     bad = [t for t in answer if t >= processor.copy_token_start + n_patches]
     if bad:
         raise ValueError(f"answer copies patch {bad[0] - processor.copy_token_start} but the image has {n_patches}")
     return Example(input_ids=prompt + answer, labels=[-100] * len(prompt) + answer, pixel_values=pixel_values,
                    image_grid_thw=image_grid_thw)
+
+
+def _merged_patches(processor: V1Processor, image_grid_thw: torch.Tensor) -> int:
+    """How many merged patches (copy targets, image tokens) an image of this `image_grid_thw` has."""
+    return int(image_grid_thw[0].prod()) // processor.merge_size**2
 
 
 @contextmanager
@@ -211,7 +215,6 @@ def length_bucketed(examples: Iterator[Example], batch_size: int, pool_batches: 
         rng.shuffle(batches)
         for b in batches:
             yield from b
-
 
 
 def replayed(examples: Iterator[Example], times: int, pool: int = 256, seed: int = 0) -> Iterator[Example]:

@@ -128,7 +128,7 @@ def jitter_copies(example: Example, copy_token_start: int, rng: random.Random, p
     row-major walk, so at inference one wrong step puts the model where it has never been and it loops (the
     same patch twenty times) or runs past the box, and the answer reads the wrong patches. Here it learns to
     resume the walk after a slip."""
-    rows, cols = (int(n) // 2 for n in example.image_grid_thw[0][1:])
+    rows, cols = (int(n) // DEMO_VISION["spatial_merge_size"] for n in example.image_grid_thw[0][1:])  # merged grid
     ids, labels = example.input_ids, example.labels
     for i in range(1, len(ids)):
         if labels[i] >= copy_token_start and ids[i - 1] >= copy_token_start and rng.random() < p:
