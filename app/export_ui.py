@@ -55,8 +55,10 @@ def export_kwargs(store: Any, kind: str, f: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_export(store: Any, kind: str, out: Path, images: str, f: dict[str, Any]) -> Any:
+    from storage import export
+
     method = FORMATS[next(k for k, v in FORMATS.items() if v[0] == kind)][1]
-    return getattr(store, method)(out, images=images, **export_kwargs(store, kind, f))
+    return getattr(export, method)(store, out, images=images, **export_kwargs(store, kind, f))
 
 
 def _fingerprint(store: Any) -> str:

@@ -114,6 +114,8 @@ def _show_report(report: Any) -> None:
 
 
 def _import_section(store: Any) -> None:
+    from storage.importer import import_path
+
     st.subheader("Import")
     st.caption("Full traces JSONL (batch tracer shards, `export traces`) or v1g rows (JSONL / parquet).")
     up = st.file_uploader("File", type=["jsonl", "json", "parquet"], key="import_file")
@@ -123,13 +125,13 @@ def _import_section(store: Any) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"upload{suffix}"
             path.write_bytes(up.getvalue())
-            report = store.import_file(path)
+            report = import_path(store, path)
         _show_report(report)
     with st.expander("Import from a server path"):
         p = st.text_input("File or folder on the server", key="import_path")
         if st.button("Import", key="import_path_run") and p.strip():
             try:
-                report = store.import_file(p.strip())
+                report = import_path(store, p.strip())
             except (OSError, ValueError) as exc:
                 st.error(md_escape(f"Import failed: {exc}"))
             else:
@@ -142,7 +144,7 @@ def _delete_section(store: Any, ids: list[str]) -> None:
     st.subheader("Delete")
     me = state.annotator()
     who = store.get_annotator(me) if me else None
-    if not who or who.get("role") != "reviewer":
+    if not who or who.role != "reviewer":
         st.caption("Only reviewers can delete traces (deleted traces are hidden, not erased).")
         return
     pick = st.selectbox("Trace to delete", ids, key="delete_select")

@@ -3,8 +3,8 @@
 Widget keys (stable, used by tests): rev_tag, rev_model, rev_min_iou, rev_pick, rev_open_<name>, rev_adopt_<name>.
 
 Agreement (Cohen's kappa on verdicts, mean patch IoU on corrected regions) and the disagreement list come
-from the store (`Store.agreement`, `Store.disagreements`); this page only lays them out. A reviewer settles a
-disagreement by adopting one annotator's version (saved as the trace's current annotation, by the reviewer,
+from `storage.agreement` (`compute_agreement`, `find_disagreements`); this page only lays them out. A reviewer
+settles a disagreement by adopting one annotator's version (saved as the trace's current annotation, by the reviewer,
 tagged `adjudicated` and left out of agreement figures) or by opening the trace in Annotate to write their own.
 """
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import streamlit as st
+
+from storage.agreement import compute_agreement, find_disagreements
 
 from . import resources, state
 from .annotate_ui import open_in_annotate
@@ -78,7 +80,7 @@ def render() -> None:
                             help="1.0 lists any difference in a corrected region")
     filters = {k: v for k, v in (("model", model), ("tag", tag)) if v}
 
-    agreement = store.agreement(**filters)
+    agreement = compute_agreement(store, **filters)
     c = st.columns(4)
     c[0].metric("Annotators", len(agreement["annotators"]))
     c[1].metric("Traces with ≥ 2 annotators", agreement["traces"])
@@ -94,7 +96,7 @@ def render() -> None:
     if flash:
         (st.success if flash[0] == "success" else st.error)(md_escape(flash[1]))
 
-    items = store.disagreements(min_iou=min_iou, **filters)
+    items = find_disagreements(store, min_iou=min_iou, **filters)
     st.subheader(f"Disagreements ({len(items)})")
     if not items:
         st.success("No trace has disagreeing annotators in this scope.", icon=":material/done_all:")

@@ -116,13 +116,13 @@ def role_of(name: str) -> str:
 
     store = resources.get_store()
     row = store.get_annotator(name)
-    if name.lower() in _configured_reviewers() and (row is None or row["role"] != "reviewer"):
+    if name.lower() in _configured_reviewers() and (row is None or row.role != "reviewer"):
         store.add_annotator(name, role="reviewer")
         return "reviewer"
     if row is None:
         store.add_annotator(name)
         return "annotator"
-    return str(row["role"])
+    return str(row.role)
 
 
 def is_reviewer(name: str) -> bool:

@@ -4,7 +4,7 @@
     python bench/storage.py --db postgresql+psycopg://user@host/db   # an empty PostgreSQL database
     python bench/storage.py --export-traces 2000                      # smaller export run
 
-Targets (issue 4): save a 2,000-step trace with a 2,000-patch grid ≤ 150 ms; load one step ≤ 10 ms; export
+Targets: save a 2,000-step trace with a 2,000-patch grid ≤ 150 ms; load one step ≤ 10 ms; export
 10,000 labelled traces without images ≤ 60 s; float16 total-variation error ≤ 1e-3. Each line prints the measured
 value and its ratio to the target (≤ 1.00 meets it).
 """
@@ -24,8 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from storage import Annotation, RevisitLabel, Store  # noqa: E402
-from storage.store import now_iso  # noqa: E402
+from storage import Annotation, AnnotationRecord, RevisitLabel, Store  # noqa: E402 - after the sys.path line
+from storage.codec import now_iso  # noqa: E402 - after the sys.path line
+from storage.export import export_hf, export_traces, export_v1g  # noqa: E402 - after the sys.path line
 from v1core.geometry import PatchGrid  # noqa: E402
 from v1core.trace import Step, Trace  # noqa: E402
 
@@ -167,31 +168,30 @@ def main() -> None:
     print(f"\nExport of {n:,} labelled traces (~120 steps, 2 regions each; no images):")
     t0 = time.perf_counter()
     proto = store.prepare_trace(typical_trace(0))
-    with store._write() as s:
+    with store.transaction() as tx:
         for i in range(n):
             tr = typical_trace(i)
             p = store.prepare_trace(tr)
-            store._write_prepared(s, p)
             ann = Annotation(annotator=f"a{i % 5}", verdict=("correct", "incorrect", "unsure")[i % 3],
                              revisit_labels=[RevisitLabel(0, "wrong_region", corrected_patches=[0, 1, 23, 24])]
                              if i % 4 == 0 else [RevisitLabel(0, "correct")])
-            store._insert_annotation(s, tr.trace_id, ann.validate(), version=1, created_at=now_iso(), based_on=0,
-                                     conflict=False, make_head=True, n_revisits=p.row["n_revisits"],
-                                     n_steps=p.row["n_steps"], n_patches=p.row["grid_rows"] * p.row["grid_cols"], seq=1)
+            p.annotations = [AnnotationRecord(tr.trace_id, version=1, created_at=now_iso(), annotation=ann.validate(),
+                                              based_on=0)]
+            tx.write_trace(p)
     del proto
     print(f"  (populated in {time.perf_counter() - t0:.1f} s)")
     t0 = time.perf_counter()
-    rep = store.export_v1g(tmp / "v1g.jsonl", images="none", model="bench")
+    rep = export_v1g(store, tmp / "v1g.jsonl", images="none", model="bench")
     dt = time.perf_counter() - t0
     assert rep.rows == n, rep.summary()
     report(f"export v1g JSONL ({rep.rows:,} rows)", dt, "s", 60.0, "{:.2f}")
     t0 = time.perf_counter()
-    rep = store.export_hf(tmp / "hf", images="none", model="bench")
+    rep = export_hf(store, tmp / "hf", images="none", model="bench")
     dt = time.perf_counter() - t0
     assert rep.rows == n, rep.summary()
     report(f"export HF parquet ({rep.rows:,} rows)", dt, "s", 60.0, "{:.2f}")
     t0 = time.perf_counter()
-    rep = store.export_traces(tmp / "traces.jsonl", model="bench")
+    rep = export_traces(store, tmp / "traces.jsonl", model="bench")
     report(f"export full traces JSONL ({rep.rows:,} rows)", time.perf_counter() - t0, "s", None, "{:.2f}")
     store.close()
     import shutil

@@ -6,27 +6,25 @@ training data. The public API is `Store` and the annotation dataclasses; no SQL 
     tid = store.save_trace(trace)
     v = store.save_annotation(tid, Annotation(annotator="ana", verdict="correct"), expected_version=0)
 
-See docs/STORAGE.md.
+Exports, imports and agreement are functions that take a `Store` (`storage.export.export_v1g(store, out)`,
+`storage.importer.import_path(store, path)`, `storage.agreement.compute_agreement(store)`); they use only
+its public API. See docs/STORAGE.md.
 """
 
 from __future__ import annotations
 
 from .annotations import VERDICTS, REVISIT_LABELS, ROLES, AddedRevisit, Annotation, AnnotationRecord, RevisitLabel
-from .store import (
-    AnnotationConflict,
-    ImageNotFound,
-    PermissionDenied,
-    StorageError,
-    Store,
-    TraceNotFound,
-    TraceSummary,
-)
+from .errors import AnnotationConflict, ImageNotFound, PermissionDenied, StorageError, TraceNotFound
+from .records import Annotator, ImageInfo, StoredRevisit, TraceSummary
+from .store import Store, Transaction
 
 __all__ = [
     "AddedRevisit",
     "Annotation",
     "AnnotationConflict",
     "AnnotationRecord",
+    "Annotator",
+    "ImageInfo",
     "ImageNotFound",
     "PermissionDenied",
     "REVISIT_LABELS",
@@ -34,7 +32,9 @@ __all__ = [
     "RevisitLabel",
     "StorageError",
     "Store",
+    "StoredRevisit",
     "TraceNotFound",
     "TraceSummary",
+    "Transaction",
     "VERDICTS",
 ]

@@ -77,10 +77,10 @@ def _latest_per_annotator(
     wanted = set(annotators) if annotators else None
     latest: dict[str, dict[str, Annotation]] = {}  # trace → annotator → latest annotation
     geom: dict[str, Any] = {}
-    for rows in store._iter_rows(**filters):
+    for rows in store.iter_trace_rows(**filters):
         ids = [r.id for r in rows]
-        hist = store._history_by_trace(ids)
-        revs = store._revisit_rows(ids)
+        hist = store.history_by_trace(ids)
+        revs = store.revisits_by_trace(ids)
         for r in rows:
             per: dict[str, Annotation] = {}
             for rec in hist[r.id]:  # ascending versions: later ones win
@@ -96,7 +96,7 @@ def _latest_per_annotator(
                     grid = PatchGrid.from_resized((r.image_w, r.image_h), (r.resized_w, r.resized_h))
                 except ValueError:
                     grid = None
-                geom[r.id] = (grid, {rv.idx: list(rv.patches) for rv in revs[r.id]})
+                geom[r.id] = (grid, {rv.index: list(rv.patches) for rv in revs[r.id]})
     return latest, geom
 
 

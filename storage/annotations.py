@@ -206,6 +206,21 @@ class Annotation:
         """True when a region was corrected or a missing revisit added (what `--only-corrected` keeps)."""
         return any(r.has_correction for r in self.revisit_labels) or bool(self.added_revisits)
 
+    def check_fits(self, n_revisits: int, n_steps: int, n_patches: int) -> None:
+        """ValueError when a label names a revisit the trace does not have, or a patch or step outside it."""
+        for r in self.revisit_labels:
+            if r.revisit_index >= n_revisits:
+                raise ValueError(f"revisit {r.revisit_index} does not exist; this trace has {n_revisits} revisit(s)")
+            bad = [p for p in (r.corrected_patches or []) if p >= n_patches]
+            if bad:
+                raise ValueError(f"revisit {r.revisit_index}: patch {bad[0]} is outside the grid ({n_patches} patches)")
+        for ad in self.added_revisits:
+            if ad.step > n_steps:
+                raise ValueError(f"added revisit at step {ad.step}, but the trace has {n_steps} steps")
+            bad = [p for p in ad.patches if p >= n_patches]
+            if bad:
+                raise ValueError(f"added revisit: patch {bad[0]} is outside the grid ({n_patches} patches)")
+
     def label_for(self, revisit_index: int) -> RevisitLabel | None:
         for r in self.revisit_labels:
             if r.revisit_index == revisit_index:

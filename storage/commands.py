@@ -81,7 +81,7 @@ def annotators_list(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)
     try:
         rows = store.list_annotators()
         for a in rows:
-            typer.echo(f"{a['name']}\t{a['role']}\t{a['created_at']}")
+            typer.echo(f"{a.name}\t{a.role}\t{a.created_at}")
         if not rows:
             typer.echo("no annotators yet")
     finally:
@@ -105,13 +105,15 @@ def annotators_set_role(name: str = typer.Argument(..., help="annotator name (or
 
 # ----------------------------------------------------------------------------- export
 def _export(kind: str, out: Path, db: Optional[str], **kw) -> None:
+    from . import export
+
     store = _store(db)
     try:
-        fn = {"v1g": store.export_v1g, "hf": store.export_hf, "traces": store.export_traces,
-              "labelstudio": store.export_labelstudio}[kind]
+        fn = {"v1g": export.export_v1g, "hf": export.export_hf, "traces": export.export_traces,
+              "labelstudio": export.export_labelstudio}[kind]
         kw = {k: v for k, v in kw.items() if v is not None}
         try:
-            report = fn(out, progress=sys.stderr.isatty(), **kw)
+            report = fn(store, out, progress=sys.stderr.isatty(), **kw)
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2)
@@ -182,10 +184,12 @@ def import_cmd(
     db: Optional[str] = _DB,
 ) -> None:
     """Import traces; every bad line is reported with its line number, good lines are imported."""
+    from .importer import import_path
+
     store = _store(db)
     try:
         try:
-            report = store.import_file(source, kind=kind, model_id=model_id, copy_token_start=copy_token_start,
+            report = import_path(store, source, kind=kind, model_id=model_id, copy_token_start=copy_token_start,
                                        progress=sys.stderr.isatty())
         except (FileNotFoundError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)

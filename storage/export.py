@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from v1core.trace import DETECT_RE, parse_detect_spans
 
 from .annotations import AnnotationRecord
+from .files import IMAGE_EXTENSIONS, IMAGE_MODES, ImageFiles, atomic_write, check_image_mode
+from .records import StoredRevisit
 
 if TYPE_CHECKING:
-    from .schema import RevisitRow, TraceRow
+    from .schema import TraceRow
     from .store import Store
 
-IMAGE_MODES = ("path", "embed", "none")
-_EXT = {"PNG": "png", "JPEG": "jpg", "JPG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 _OBJ_RE = re.compile(r"<obj(\d+)>")
 
 
@@ -62,23 +62,18 @@ class ExportReport:
 
 
 # ----------------------------------------------------------------------------- selection
-def _check_images(images: str) -> None:
-    if images not in IMAGE_MODES:
-        raise ValueError(f"images must be one of {', '.join(IMAGE_MODES)}, got {images!r}")
-
-
 def _labelled(store: "Store", *, verdict: Any = None, annotator: str | None = None, tag: str | None = None,
               only_corrected: bool = False, model: str | None = None, trace_ids: Sequence[str] | None = None,
-              batch: int = 500) -> Iterator[tuple["TraceRow", AnnotationRecord, list["RevisitRow"]]]:
+              batch: int = 500) -> Iterator[tuple["TraceRow", AnnotationRecord, list[StoredRevisit]]]:
     """Complete, annotated traces matching the filters, with their current annotation and revisits."""
     filters: dict[str, Any] = dict(annotated=True, status="complete", verdict=verdict, annotator=annotator, tag=tag,
                                    model=model, trace_ids=trace_ids)
     if only_corrected:
         filters["has_corrections"] = True
-    for rows in store._iter_rows(batch=batch, **filters):
+    for rows in store.iter_trace_rows(batch=batch, **filters):
         ids = [r.id for r in rows]
         heads = store.current_annotations(ids)
-        revs = store._revisit_rows(ids)
+        revs = store.revisits_by_trace(ids)
         for r in rows:
             if r.id in heads:
                 yield r, heads[r.id], revs[r.id]
@@ -110,75 +105,6 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="trace", disable=not enabled, dynamic_ncols=True)
-
-
-class _Images:
-    """Writes / embeds the images rows refer to, each sha256 once."""
-
-    def __init__(self, store: "Store", mode: str, base_dir: Path, report: ExportReport):
-        _check_images(mode)
-        self.store, self.mode, self.report = store, mode, report
-        self.dir = base_dir / "images"
-        self._written: dict[str, str | None] = {}
-        self._formats: dict[str, str] = {}
-
-    def _fetch(self, sha: str) -> tuple[bytes, str] | None:
-        if not sha:
-            return None
-        try:
-            data = self.store.get_image_bytes(sha)
-            fmt = self.store.get_image_info(sha)["format"]
-        except KeyError:
-            return None
-        return data, fmt
-
-    def relpath(self, sha: str) -> str | None:
-        """`images/<sha>.<ext>` (relative to the export), writing the file the first time."""
-        if sha in self._written:
-            return self._written[sha]
-        got = self._fetch(sha)
-        if got is None:
-            self.report.images_missing += 1
-            self._written[sha] = None
-            return None
-        data, fmt = got
-        self.dir.mkdir(parents=True, exist_ok=True)
-        name = f"{sha}.{_EXT.get(fmt.upper(), 'bin')}"
-        target = self.dir / name
-        if not target.exists():
-            tmp = target.with_suffix(target.suffix + ".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-            self.report.images_written += 1
-        self._written[sha] = f"images/{name}"
-        return self._written[sha]
-
-    def data(self, sha: str) -> tuple[bytes, str] | None:
-        got = self._fetch(sha)
-        if got is None:
-            self.report.images_missing += 1
-        return got
-
-
-class _AtomicFile:
-    """Write to `path.tmp`, rename over `path` on success (a failed export leaves no half file)."""
-
-    def __init__(self, path: Path, mode: str = "w"):
-        self.path = path
-        self.tmp = path.with_name(path.name + ".tmp")
-        self.mode = mode
-
-    def __enter__(self) -> Any:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.tmp, self.mode, encoding="utf-8" if "b" not in self.mode else None)
-        return self.f
-
-    def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        self.f.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- v1g row construction
@@ -214,7 +140,7 @@ def _orig_regions(row: "TraceRow") -> dict[str, list[float]]:
 
 
 def build_training_text(store: "Store", row: "TraceRow", rec: AnnotationRecord,
-                        revisits: Sequence["RevisitRow"]) -> tuple[str, dict[str, list[float]]]:
+                        revisits: Sequence[StoredRevisit]) -> tuple[str, dict[str, list[float]]]:
     """(assistant text with `<objN>` placeholders, {key: [x0, y0, x1, y1]}) for one labelled trace."""
     from v1core.geometry import PatchGrid
 
@@ -235,7 +161,7 @@ def build_training_text(store: "Store", row: "TraceRow", rec: AnnotationRecord,
     for rv in revisits:
         for si, sp in enumerate(spans):
             if sp["span"][0] <= rv.char_start < sp["span"][1]:
-                span_of_rev[si] = rv.idx
+                span_of_rev[si] = rv.index
                 break
     linked = set(span_of_rev.values())
     for lab in ann.revisit_labels:
@@ -244,7 +170,7 @@ def build_training_text(store: "Store", row: "TraceRow", rec: AnnotationRecord,
         if lab.label == "wrong_region" and lab.revisit_index not in linked:
             raise SkipRow(f"revisit {lab.revisit_index} is not inside a detect(...) call; its correction cannot be "
                           "written as a region")
-    rv_by_idx = {rv.idx: rv for rv in revisits}
+    rv_by_idx = {rv.index: rv for rv in revisits}
     edits: list[tuple[int, int, str]] = []
     regions: dict[str, list[float]] = {}
     for si, sp in enumerate(spans):
@@ -268,7 +194,7 @@ def build_training_text(store: "Store", row: "TraceRow", rec: AnnotationRecord,
         regions[key] = _round_box(box)
         edits.append((sp["span"][0], sp["span"][1], key))
     if ann.added_revisits:
-        texts = store._step_texts(row.id)
+        texts = store.step_texts(row.id)
         offsets = [0]
         for t in texts:
             offsets.append(offsets[-1] + len(t))
@@ -306,13 +232,13 @@ def export_v1g(store: "Store", out: str | os.PathLike, *, images: str = "path", 
     `images`: 'path' (default) writes image files into `images/` next to OUT; 'embed' puts base64 bytes in the
     row; 'none' leaves them out. Filters: `verdict` (one or a list), `annotator` (of the current annotation),
     `tag`, `only_corrected`, `model`, `trace_ids`."""
-    _check_images(images)
+    check_image_mode(images)
     out = Path(out)
     report = ExportReport(str(out), "v1g")
-    imgs = _Images(store, images, out.parent, report)
+    imgs = ImageFiles(store, images, out.parent, report)
     total = _count(store, verdict=verdict, annotator=annotator, tag=tag, only_corrected=only_corrected, model=model,
                    trace_ids=trace_ids)
-    with _AtomicFile(out) as f, _progress(total, "export v1g", progress) as bar:
+    with atomic_write(out) as f, _progress(total, "export v1g", progress) as bar:
         for row, rec, text, regions in _training_rows(store, report, bar, verdict=verdict, annotator=annotator,
                                                       tag=tag, only_corrected=only_corrected, model=model,
                                                       trace_ids=trace_ids):
@@ -367,12 +293,12 @@ def export_hf(store: "Store", out: str | os.PathLike, *, images: str = "embed", 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    _check_images(images)
+    check_image_mode(images)
     out = Path(out)
     single = out.suffix == ".parquet"
     base = out.parent if single else out
     report = ExportReport(str(out), "hf")
-    imgs = _Images(store, images, base, report)
+    imgs = ImageFiles(store, images, base, report)
     schema = hf_features().arrow_schema
     total = _count(store, verdict=verdict, annotator=annotator, tag=tag, only_corrected=only_corrected, model=model,
                    trace_ids=trace_ids)
@@ -451,17 +377,17 @@ def export_traces(store: "Store", out: str | os.PathLike, *, images: str = "none
     """Every matching trace as `Trace.to_dict()` (float16 pointers as base64) — the batch tracer's format — plus
     its annotation history under `"annotations"` (when it has one) and, with `images`, its image
     (`"image": {"path": "images/<sha>.png"}` or `{"bytes": base64}`). Export → import → export is byte-identical."""
-    _check_images(images)
+    check_image_mode(images)
     out = Path(out)
     report = ExportReport(str(out), "traces")
-    imgs = _Images(store, images, out.parent, report)
+    imgs = ImageFiles(store, images, out.parent, report)
     filters = dict(status=status, tag=tag, model=model, annotated=annotated, verdict=verdict, trace_ids=trace_ids)
     total = store.count_traces(**filters)
-    with _AtomicFile(out) as f, _progress(total, "export traces", progress) as bar:
-        for rows in store._iter_rows(batch=50, **filters):
+    with atomic_write(out) as f, _progress(total, "export traces", progress) as bar:
+        for rows in store.iter_trace_rows(batch=50, **filters):
             ids = [r.id for r in rows]
-            hist = store._history_by_trace(ids) if annotations else {}
-            for tr in store._traces_by_rows(rows):
+            hist = store.history_by_trace(ids) if annotations else {}
+            for tr in store.traces_for_rows(rows):
                 d = tr.to_dict()
                 if images == "path":
                     rel = imgs.relpath(tr.image_sha256)
@@ -501,10 +427,10 @@ def export_labelstudio(store: "Store", out: str | os.PathLike, *, images: str = 
     Studio's local storage at that folder), 'embed' (data URIs) or 'none'."""
     from v1core.geometry import PatchGrid
 
-    _check_images(images)
+    check_image_mode(images)
     out = Path(out)
     report = ExportReport(str(out), "labelstudio")
-    imgs = _Images(store, images, out.parent, report)
+    imgs = ImageFiles(store, images, out.parent, report)
     total = _count(store, verdict=verdict, annotator=annotator, tag=tag, only_corrected=only_corrected, model=model,
                    trace_ids=trace_ids)
     tasks = []
@@ -516,10 +442,10 @@ def export_labelstudio(store: "Store", out: str | os.PathLike, *, images: str = 
             grid = PatchGrid.from_resized((w, h), (row.resized_w, row.resized_h))
             pred, ann_res = [], []
             for rv in revs:
-                label = rv.query or f"revisit {rv.idx}"
+                label = rv.query or f"revisit {rv.index}"
                 for j, b in enumerate(rv.boxes):
-                    pred.append(_ls_rect(b, w, h, label, f"m{rv.idx}_{j}"))
-                lab = rec.annotation.label_for(rv.idx)
+                    pred.append(_ls_rect(b, w, h, label, f"m{rv.index}_{j}"))
+                lab = rec.annotation.label_for(rv.index)
                 if lab is None or lab.label == "unnecessary":
                     continue
                 if lab.label == "wrong_region":
@@ -532,7 +458,7 @@ def export_labelstudio(store: "Store", out: str | os.PathLike, *, images: str = 
                 else:
                     boxes = list(rv.boxes)
                 for j, b in enumerate(boxes):
-                    ann_res.append(_ls_rect(b, w, h, label, f"a{rv.idx}_{j}"))
+                    ann_res.append(_ls_rect(b, w, h, label, f"a{rv.index}_{j}"))
             for k, ad in enumerate(rec.annotation.added_revisits):
                 boxes = [ad.box] if ad.box is not None else grid.component_boxes(ad.patches)
                 for j, b in enumerate(boxes):
@@ -546,7 +472,8 @@ def export_labelstudio(store: "Store", out: str | os.PathLike, *, images: str = 
             elif images == "embed":
                 got = imgs.data(row.image_sha256)
                 if got is not None:
-                    mime = "image/" + {"jpg": "jpeg"}.get(_EXT.get(got[1].upper(), "png"), _EXT.get(got[1].upper(), "png"))
+                    ext = IMAGE_EXTENSIONS.get(got[1].upper(), "png")
+                    mime = "image/" + {"jpg": "jpeg"}.get(ext, ext)
                     image = f"data:{mime};base64," + base64.b64encode(got[0]).decode("ascii")
             tasks.append({
                 "data": {"image": image, "trace_id": row.id, "question": row.question,
@@ -557,7 +484,7 @@ def export_labelstudio(store: "Store", out: str | os.PathLike, *, images: str = 
                                           "answer_correct": rec.annotation.answer_correct, "note": rec.annotation.note}}],
             })
             report.rows += 1
-    with _AtomicFile(out) as f:
+    with atomic_write(out) as f:
         json.dump(tasks, f, ensure_ascii=False)
     report.files.append(str(out))
     return report

@@ -21,7 +21,8 @@ from v1core.trace import COPY_RE, Step, Trace
 from .annotations import AnnotationRecord
 
 if TYPE_CHECKING:
-    from .store import PreparedTrace, Store
+    from .codec import PreparedTrace
+    from .store import Store, Transaction
 
 V1G_COPY_TOKEN_START = 151665  # copy_token_start of the published checkpoint
 V1G_MODEL_ID = "v1g-data"
@@ -332,10 +333,8 @@ def _prepare(store: "Store", obj: Any, base: Path, *, kind: str, model_id: str, 
         records = []
     prepared = store.prepare_trace(trace)
     prepared.annotations = list(records)
-    n_rev, n_steps = prepared.row["n_revisits"], prepared.row["n_steps"]
-    n_patches = prepared.row["grid_rows"] * prepared.row["grid_cols"]
     for r in records:
-        store._check_against_trace(r.annotation, n_rev, n_steps, n_patches)
+        prepared.check_annotation(r)
     return _Item(("", 0), prepared, image)
 
 
@@ -343,15 +342,12 @@ def _write(store: "Store", items: list[_Item], report: ImportReport) -> None:
     """Write a batch in one transaction; if that fails, write each item alone so one bad item is reported alone."""
     if not items:
         return
-    from .store import ImageRow, now_iso
 
-    def write_one(s: Any, it: _Item) -> str:
+    def write_one(tx: "Transaction", it: _Item) -> str:
         if it.image is not None:
             data, w, h, fmt = it.image
-            store._insert_ignore(s, ImageRow, dict(
-                sha256=hashlib.sha256(data).hexdigest(), width=w, height=h, format=fmt[:16], data=data, path=None,
-                n_bytes=len(data), created_at=now_iso()), ["sha256"])
-        return store._write_prepared(s, it.prepared, replace_finished=False)
+            tx.put_image(data, w, h, fmt)
+        return tx.write_trace(it.prepared, replace_finished=False)
 
     def tally(it: _Item, outcome: str) -> None:
         if outcome == "kept":
@@ -363,8 +359,8 @@ def _write(store: "Store", items: list[_Item], report: ImportReport) -> None:
                 report.replaced += 1
 
     try:
-        with store._write() as s:
-            outcomes = [write_one(s, it) for it in items]
+        with store.transaction() as tx:
+            outcomes = [write_one(tx, it) for it in items]
         for it, o in zip(items, outcomes):
             tally(it, o)
         return
@@ -372,8 +368,8 @@ def _write(store: "Store", items: list[_Item], report: ImportReport) -> None:
         pass
     for it in items:
         try:
-            with store._write() as s:
-                o = write_one(s, it)
+            with store.transaction() as tx:
+                o = write_one(tx, it)
             tally(it, o)
         except Exception as exc:  # noqa: BLE001
             report.errors.append(LineError(it.where[0], it.where[1], _reason(exc)))

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .export import ExportReport, _AtomicFile, _Images
+from .export import ExportReport
+from .files import ImageFiles, atomic_write
 
 if TYPE_CHECKING:
     from .store import Store
@@ -33,9 +34,9 @@ def export_preferences(store: "Store", out: str | os.PathLike, *, images: str = 
     """Write one JSON line per (chosen branch, rejected parent) pair; returns the export report."""
     out = Path(out)
     report = ExportReport(path=str(out), kind="preferences")
-    imgs = _Images(store, images, out.parent, report)
+    imgs = ImageFiles(store, images, out.parent, report)
     branches = [t for t in store.list_traces(limit=None) if t.parent_id]
-    with _AtomicFile(out) as f:
+    with atomic_write(out) as f:
         for summ in branches:
             if _is_right(store.get_annotation(summ.id)) is not True:
                 continue

@@ -51,7 +51,7 @@ def test_annotate_correct_region_and_save(synthetic_trace, app_env):  # noqa: F8
     assert a.label_for(0).label == "wrong_region" and a.label_for(0).corrected_patches == [3, 4]
     assert a.label_for(1).label == "unnecessary"
     assert [(x.step, x.patches, x.query) for x in a.added_revisits] == [(9, [7], "handle")]
-    assert app_env.get_annotator("ana")["role"] == "annotator"
+    assert app_env.get_annotator("ana").role == "annotator"
     # saving again builds on the version just saved (no conflict)
     at.radio(key="verdict").set_value("unsure")
     at.button(key="save_annotation").click().run()

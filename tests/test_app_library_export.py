@@ -8,6 +8,7 @@ import json
 import pytest
 
 from storage import Annotation, RevisitLabel, Store
+from storage.export import export_traces
 from tests.test_app_support import (app_env, app_test, build_synthetic_trace, checkpoint_dir,  # noqa: F401
                                     no_exceptions, open_page, synthetic_trace)
 
@@ -48,7 +49,7 @@ def test_library_import_reports_bad_lines(app_env, tmp_path):  # noqa: F811
     other = Store(f"sqlite:///{tmp_path / 'other.db'}")
     t = build_synthetic_trace(other, key="scene-2", question="Imported?")
     path = tmp_path / "traces.jsonl"
-    other.export_traces(path, images="embed")
+    export_traces(other, path, images="embed")
     with path.open("a") as fh:
         fh.write("this is not json\n")
     at = open_page("pages/library.py")

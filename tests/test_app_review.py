@@ -89,7 +89,7 @@ def test_roles_shown_and_set_from_cli(app_env, tmp_path):  # noqa: F811
     assert any(c.value == "role: reviewer" for c in at.sidebar.caption)
     at = open_review("newcomer")
     assert any(c.value == "role: annotator" for c in at.sidebar.caption)
-    assert app_env.get_annotator("newcomer")["role"] == "annotator"
+    assert app_env.get_annotator("newcomer").role == "annotator"
 
 
 OIDC = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "s3cret",

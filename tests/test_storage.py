@@ -19,6 +19,7 @@ from storage import (
     Store,
     TraceNotFound,
 )
+from storage.agreement import compute_agreement, find_disagreements
 from tests.conftest_storage import big_trace, db_url, make_trace, png_bytes, sqlite_store, store  # noqa: F401
 
 TWO = (("triangle", (100, 120, 220, 230)), ("circle", (300, 300, 400, 420)))
@@ -37,8 +38,8 @@ def test_save_and_get_round_trip(store):
     assert tv.max() <= 1e-3
     assert [r.patches for r in back.revisits] == [r.patches for r in tr.revisits]
     stored = store.get_revisits(tid)
-    assert [(r["query"], r["object_name"]) for r in stored] == [("triangle", "obj0"), ("circle", "obj1")]
-    assert stored[0]["char_start"] == tr.output_text.index("<|copy_")
+    assert [(r.query, r.object_name) for r in stored] == [("triangle", "obj0"), ("circle", "obj1")]
+    assert stored[0].char_start == tr.output_text.index("<|copy_")
 
 
 def test_get_step_reads_one_step(store):
@@ -167,13 +168,13 @@ def test_images_are_content_addressed(store, tmp_path):
     sha = store.put_image(data, 64, 48, "png")
     assert store.put_image(data, 64, 48, "PNG") == sha  # idempotent
     assert store.get_image_bytes(sha) == data
-    assert store.get_image_info(sha)["format"] == "PNG"
+    assert store.get_image_info(sha).format == "PNG"
     assert store.has_image(sha)
     p = tmp_path / "x.png"
     other = png_bytes((64, 48), (1, 2, 3))
     p.write_bytes(other)
     sha2 = store.put_image(None, 64, 48, "PNG", path=p)
-    assert store.get_image_bytes(sha2) == other and store.get_image_info(sha2)["path"] == str(p)
+    assert store.get_image_bytes(sha2) == other and store.get_image_info(sha2).path == str(p)
     with pytest.raises(ImageNotFound):
         store.get_image_bytes("0" * 64)
     with pytest.raises(KeyError):
@@ -275,8 +276,8 @@ def test_only_reviewers_delete_and_nothing_is_lost(store):
     with pytest.raises(PermissionError, match="not a known annotator"):
         store.delete_trace(t.trace_id, by="mallory")
     store.add_annotator("rev", role="reviewer")
-    assert store.get_annotator("rev")["role"] == "reviewer"
-    assert {a["name"] for a in store.list_annotators()} == {"ana", "rev"}
+    assert store.get_annotator("rev").role == "reviewer"
+    assert {a.name for a in store.list_annotators()} == {"ana", "rev"}
     store.delete_trace(t.trace_id, by="rev")
     assert store.list_traces() == [] and store.count_traces() == 0
     assert [r.trace_id for r in store.list_traces(include_deleted=True)] == [t.trace_id]
@@ -314,12 +315,12 @@ def test_agreement_kappa_and_iou(store):
         RevisitLabel(0, "wrong_region", corrected_patches=[3, 4, 5, 6])]))
     # a third annotator on one trace only
     store.save_annotation(traces[1].trace_id, Annotation(annotator="cy", verdict="correct"))
-    res = store.agreement()
+    res = compute_agreement(store)
     pair = next(p for p in res["pairs"] if p["annotators"] == ("ana", "bo"))
     expected = cohen_kappa(list(zip(verdicts["ana"], verdicts["bo"])))
     assert pair["traces"] == 4 and pair["kappa"] == pytest.approx(expected)
     assert pair["corrected_regions"] == 1 and pair["mean_iou"] == pytest.approx(2 / 6)
-    only = store.agreement(annotators=["ana", "bo"])
+    only = compute_agreement(store, annotators=["ana", "bo"])
     assert only["annotators"] == ["ana", "bo"] and len(only["pairs"]) == 1
 
 
@@ -337,7 +338,7 @@ def test_disagreements_list_what_a_reviewer_adjudicates(store):
     store.save_annotation(b, Annotation(annotator="bo", verdict="incorrect", note="<b>wrong</b>"))
     for who in ("ana", "bo"):
         store.save_annotation(c, Annotation(annotator=who, verdict="unsure"))
-    found = store.disagreements()
+    found = find_disagreements(store)
     assert [d["trace_id"] for d in found] == [b, a]  # verdict disagreements first
     first, second = found
     assert first["verdict_disagree"] and first["verdicts"] == {"ana": "correct", "bo": "incorrect"}
@@ -346,13 +347,13 @@ def test_disagreements_list_what_a_reviewer_adjudicates(store):
     assert not second["verdict_disagree"] and rv["disagree"]
     assert rv["regions"] == {"ana": [1, 2, 3, 4], "bo": [3, 4, 5, 6]}
     assert rv["iou"] == pytest.approx(2 / 6) and second["lowest_iou"] == pytest.approx(2 / 6)
-    assert [d["trace_id"] for d in store.disagreements(min_iou=0.3)] == [b]
-    assert store.disagreements(annotators=["ana"]) == []
+    assert [d["trace_id"] for d in find_disagreements(store, min_iou=0.3)] == [b]
+    assert find_disagreements(store, annotators=["ana"]) == []
     # a reviewer's adjudication settles b and is not counted as a third judgement
     store.save_annotation(b, Annotation(annotator="rev", verdict="incorrect", tags=["adjudicated"]))
-    assert [d["trace_id"] for d in store.disagreements()] == [a]
-    assert [d["settled"] for d in store.disagreements(include_settled=True)] == [True, False]
-    assert store.agreement()["annotators"] == ["ana", "bo"]
+    assert [d["trace_id"] for d in find_disagreements(store)] == [a]
+    assert [d["settled"] for d in find_disagreements(store, include_settled=True)] == [True, False]
+    assert compute_agreement(store)["annotators"] == ["ana", "bo"]
 
 
 def test_store_default_url_from_environment(tmp_path, monkeypatch):
@@ -388,7 +389,7 @@ def test_float16_conversion_paths_agree(monkeypatch):
     """Both float16 paths (numpy with the subnormal shortcut, torch) equal numpy's cast bit for bit."""
     import sys
 
-    from storage.store import to_float16
+    from storage.codec import to_float16
 
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(40, 17, 23)).astype(np.float32) * 3

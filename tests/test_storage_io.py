@@ -11,7 +11,8 @@ import json
 import pytest
 
 from storage import AddedRevisit, Annotation, RevisitLabel
-from storage.export import cells_box
+from storage.export import cells_box, export_hf, export_labelstudio, export_traces, export_v1g
+from storage.importer import import_path
 from tests.conftest_storage import COPY0, db_url, grid_for, make_trace, png_bytes, sqlite_store, store  # noqa: F401
 from v1core.demo.targets import expand_v1g_assistant
 from v1core.trace import COPY_RE, parse_detect_spans
@@ -43,23 +44,23 @@ def test_traces_export_import_export_is_byte_identical(store, tmp_path):
     with pytest.raises(Exception):
         store.save_annotation(traces[0].trace_id, Annotation(annotator="cy", verdict="unsure"), expected_version=1)
     first = tmp_path / "a" / "traces.jsonl"
-    rep = store.export_traces(first, images="path")
+    rep = export_traces(store, first, images="path")
     assert rep.rows == 4 and rep.images_written == 1 and (tmp_path / "a" / "images").is_dir()
 
     from storage import Store
 
     other = Store(f"sqlite:///{tmp_path / 'other.db'}")
     try:
-        imp = other.import_file(first)
+        imp = import_path(other, first)
         assert imp.ok and imp.imported == 4, imp.errors
         hist = other.annotation_history(traces[0].trace_id)
         assert [(h.version, h.annotator, h.conflict) for h in hist] == [(1, "ana", False), (2, "bo", False), (3, "cy", True)]
         assert other.get_annotation(traces[0].trace_id).annotator == "bo"
         assert other.get_image_bytes(traces[0].image_sha256) == png_bytes()
         second = tmp_path / "a" / "traces2.jsonl"
-        other.export_traces(second, images="path")
+        export_traces(other, second, images="path")
         assert first.read_bytes() == second.read_bytes()
-        again = other.import_file(first)  # idempotent
+        again = import_path(other, first)  # idempotent
         assert again.imported == 0 and again.skipped == 4
     finally:
         other.close()
@@ -91,7 +92,7 @@ def test_import_reports_bad_lines_and_keeps_good_ones(store, tmp_path):
     ]
     f = tmp_path / "mixed.jsonl"
     f.write_text("\n".join(lines[:-1]) + "\n" + json.dumps(good2.to_dict()) + "\n" + lines[-1])
-    rep = store.import_file(f)
+    rep = import_path(store, f)
     assert rep.imported == 2 and set(rep.trace_ids) == {good.trace_id, good2.trace_id}
     errs = {e.line: e.reason for e in rep.errors}
     assert sorted(errs) == [3, 4, 5, 6, 7, 8, 9, 10, 12]
@@ -122,7 +123,7 @@ def test_v1g_export_layout_and_corrected_regions(store, tmp_path):
     store.save_annotation(w.trace_id, Annotation(annotator="ana", verdict="correct", added_revisits=[
         AddedRevisit(step=2, patches=[100, 101], query='the "red" sun')]))
     out = tmp_path / "exp" / "train.jsonl"
-    rep = store.export_v1g(out)
+    rep = export_v1g(store, out)
     assert rep.rows == 3 and not rep.skipped and rep.images_written == 1
     rows = {r["id"]: r for r in _rows(out)}
     r = rows[t.trace_id]
@@ -155,7 +156,7 @@ def test_v1g_export_layout_and_corrected_regions(store, tmp_path):
     # filters
     def ids(**kw):
         p = tmp_path / "f.jsonl"
-        store.export_v1g(p, images="none", **kw)
+        export_v1g(store, p, images="none", **kw)
         return {r["id"] for r in _rows(p)}
 
     assert ids(verdict="correct") == {t.trace_id, w.trace_id}
@@ -166,7 +167,7 @@ def test_v1g_export_layout_and_corrected_regions(store, tmp_path):
     store.save_annotation(w.trace_id, Annotation(annotator="ana", verdict="correct"))
     assert ids(only_corrected=True) == {t.trace_id, u.trace_id}
     emb = tmp_path / "emb.jsonl"
-    store.export_v1g(emb, images="embed")
+    export_v1g(store, emb, images="embed")
     assert base64.b64decode(_rows(emb)[0]["image"]["bytes"]) == png_bytes()
 
 
@@ -179,7 +180,7 @@ def test_v1g_export_skips_unfixable_and_unfinished(store, tmp_path):
                                                  revisit_labels=[RevisitLabel(0, "wrong_region")]))
     store.save_annotation(u.trace_id, Annotation(annotator="ana", verdict="correct",
                                                  revisit_labels=[RevisitLabel(0, "unnecessary")]))
-    rep = store.export_v1g(tmp_path / "x.jsonl")
+    rep = export_v1g(store, tmp_path / "x.jsonl")
     assert rep.rows == 1 and len(rep.skipped) == 1
     assert rep.skipped[0].startswith(t.trace_id) and "without a corrected region" in rep.skipped[0]
     assert [r["id"] for r in _rows(tmp_path / "x.jsonl")] == [u.trace_id]  # a running trace is never exported
@@ -211,7 +212,7 @@ def test_v1g_export_is_read_by_the_training_code(sqlite_store, tmp_path):
     sqlite_store.save_annotation(t.trace_id, Annotation(annotator="ana", verdict="correct", revisit_labels=[
         RevisitLabel(0, "wrong_region", corrected_patches=[50, 51])]))
     out = tmp_path / "e.jsonl"
-    sqlite_store.export_v1g(out)
+    export_v1g(sqlite_store, out)
     (row,) = read_v1g_rows(out)
     assert v1g_question(row) == t.question
     assert parse_detect_spans(expand_v1g_row(row, grid_for((640, 480))))[0]["copies"] == [50, 51]
@@ -242,7 +243,7 @@ def test_v1g_import_builds_text_only_traces(store, tmp_path):
     ]
     f = tmp_path / "v1g.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    rep = store.import_file(f)
+    rep = import_path(store, f)
     assert rep.imported == 2, rep.errors
     errs = {e.line: e.reason for e in rep.errors}
     assert sorted(errs) == [3, 4, 5, 6, 7]
@@ -267,7 +268,7 @@ def test_v1g_import_builds_text_only_traces(store, tmp_path):
     # exporting an imported, unannotated-then-labelled row gives back the original box
     store.save_annotation(tr.trace_id, Annotation(annotator="ana", verdict="correct"))
     out = tmp_path / "back.jsonl"
-    store.export_v1g(out, images="none")
+    export_v1g(store, out, images="none")
     (back,) = _rows(out)
     assert back["region"] == {"<obj1>": [10, 20, 100, 120]}
     assert back["conversation"][-1]["content"].startswith('Look. detect(query="cat", objects=["<obj1>"])')
@@ -282,7 +283,7 @@ def test_hf_export_opens_with_datasets_and_reimports(store, tmp_path):
         RevisitLabel(0, "wrong_region", corrected_patches=[0, 1])]))
     store.save_annotation(u.trace_id, Annotation(annotator="ana", verdict="incorrect"))
     out = tmp_path / "hf"
-    rep = store.export_hf(out, shard_rows=1)
+    rep = export_hf(store, out, shard_rows=1)
     assert rep.rows == 2 and len(rep.files) == 2
     ds = datasets.load_dataset("parquet", data_files=str(out / "*.parquet"), split="train",
                                cache_dir=str(tmp_path / "cache"))
@@ -298,7 +299,7 @@ def test_hf_export_opens_with_datasets_and_reimports(store, tmp_path):
     exp = expand_v1g_assistant(row["conversations"][1]["value"], row["regions"], grid_for((640, 480)))
     assert parse_detect_spans(exp)[0]["copies"] == [0, 1]
     single = tmp_path / "one.parquet"
-    store.export_hf(single, images="none", verdict="incorrect")
+    export_hf(store, single, images="none", verdict="incorrect")
     ds1 = datasets.load_dataset("parquet", data_files=str(single), split="train", cache_dir=str(tmp_path / "cache"))
     assert ds1["id"] == [u.trace_id] and ds1[0]["image"] is None
 
@@ -306,7 +307,7 @@ def test_hf_export_opens_with_datasets_and_reimports(store, tmp_path):
 
     other = Store(f"sqlite:///{tmp_path / 'o.db'}")
     try:
-        rep = other.import_file(out)
+        rep = import_path(other, out)
         assert rep.imported == 2 and rep.ok, rep.errors
         import hashlib
 
@@ -323,7 +324,7 @@ def test_labelstudio_export_percent_boxes(store, tmp_path):
     store.save_annotation(t.trace_id, Annotation(annotator="ana", verdict="incorrect", revisit_labels=[
         RevisitLabel(0, "wrong_region", corrected_box=(64, 48, 320, 240)), RevisitLabel(1, "correct")]))
     out = tmp_path / "ls.json"
-    rep = store.export_labelstudio(out, images="embed")
+    rep = export_labelstudio(store, out, images="embed")
     assert rep.rows == 1
     (task,) = json.loads(out.read_text())
     assert task["data"]["image"].startswith("data:image/png;base64,")

@@ -109,14 +109,14 @@ KILLED = textwrap.dedent("""
     from tests.conftest_storage import big_trace
     url, trace_id = sys.argv[1], sys.argv[2]
     store = st.Store(url)
-    original = st.Store._write_prepared
-    def stalled(self, session, prepared, **kw):
-        out = original(self, session, prepared, **kw)
-        session.flush()
+    original = st.Transaction.write_trace
+    def stalled(self, prepared, **kw):
+        out = original(self, prepared, **kw)
+        self.session.flush()
         print("INSIDE", flush=True)  # every row of the trace is written, the transaction is still open
         time.sleep(300)
         return out
-    st.Store._write_prepared = stalled
+    st.Transaction.write_trace = stalled
     t = big_trace(n_steps=400, grid=(20, 30))
     t.trace_id = trace_id
     store.save_trace(t)

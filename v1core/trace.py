@@ -89,12 +89,21 @@ class Step:
     pointer: np.ndarray | None = None  # float32 [rows, cols]; None when imported without pointers
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain fields only (pointers travel in the trace's compact float16 blob). Built by hand:
-        `dataclasses.asdict` deep-copies and dominated full-trace exports."""
+        """Plain, JSON-safe fields (numpy scalars become Python numbers); pointers travel in the trace's compact
+        float16 blob. Built by hand: `dataclasses.asdict` deep-copies and dominated full-trace exports (2,000
+        steps take a few ms). The store writes exactly these dicts (`storage.codec`)."""
         return {
-            "index": self.index, "token_id": self.token_id, "text": self.text, "is_copy": self.is_copy,
-            "patch": self.patch, "p_copy": self.p_copy, "entropy": self.entropy, "gate": self.gate,
-            "topk_ids": list(self.topk_ids), "topk_texts": list(self.topk_texts), "topk_probs": list(self.topk_probs),
+            "index": int(self.index),
+            "token_id": int(self.token_id),
+            "text": str(self.text),
+            "is_copy": bool(self.is_copy),
+            "patch": None if self.patch is None else int(self.patch),
+            "p_copy": float(self.p_copy),
+            "entropy": float(self.entropy),
+            "gate": None if self.gate is None else float(self.gate),
+            "topk_ids": [int(v) for v in self.topk_ids],
+            "topk_texts": [str(v) for v in self.topk_texts],
+            "topk_probs": [float(v) for v in self.topk_probs],
         }
 
 
