@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from v1core.copy_tokens import copy_token
+
 from . import resources, state
 from .figures import patch_picker_figure
 from .safe_text import md_code, md_escape, shorten
@@ -42,7 +44,7 @@ def ensure_annotator(store: Any, name: str) -> None:
 
 
 def copy_ids(patches: list[int] | None) -> str:
-    return " ".join(f"<|copy_{int(k)}|>" for k in (patches or []))
+    return " ".join(copy_token(k) for k in (patches or []))
 
 
 @st.cache_data(show_spinner=False, max_entries=2048)

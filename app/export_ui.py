@@ -71,6 +71,7 @@ def _fingerprint(store: Any) -> str:
 
 def _v1g_copy_ids(row: dict[str, Any]) -> str:
     """The `<|copy_k|>` ids each region key expands to at training time (cells its box touches)."""
+    from v1core.copy_tokens import copy_token
     from v1core.geometry import PatchGrid
 
     trace = resources.load_trace(str(row.get("id")))
@@ -80,7 +81,7 @@ def _v1g_copy_ids(row: dict[str, Any]) -> str:
     parts = []
     for key, box in (row.get("region") or {}).items():
         ids = grid.bbox_to_patches(box)
-        parts.append(f"{key}: " + "".join(f"<|copy_{k}|>" for k in ids))
+        parts.append(f"{key}: " + "".join(copy_token(k) for k in ids))
     return " | ".join(parts)
 
 

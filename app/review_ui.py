@@ -15,6 +15,7 @@ from typing import Any
 import streamlit as st
 
 from storage.agreement import compute_agreement, find_disagreements
+from v1core.copy_tokens import copy_token
 
 from . import resources, state
 from .annotate_ui import open_in_annotate
@@ -140,7 +141,7 @@ def _side_by_side(item: dict[str, Any], reviewer: str) -> None:
             for rv in item["revisits"]:
                 region = rv["regions"].get(name)
                 label = rv["labels"].get(name) or "—"
-                st.caption(f"R{rv['index'] + 1}: {label}" + (" · " + md_code(" ".join(f"<|copy_{k}|>" for k in region))
+                st.caption(f"R{rv['index'] + 1}: {label}" + (" · " + md_code(" ".join(copy_token(k) for k in region))
                                                             if region else ""))
                 if region is not None and (rv["disagree"] or label == "wrong_region"):
                     fig = patch_picker_figure(tuple(trace.image_size), tuple(trace.grid), uri, region, height=260)

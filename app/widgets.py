@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from v1core.copy_tokens import copy_token
+
 from . import resources
 from .figures import COLOURSCALES, HeatmapStyle
 from .safe_text import md_code, md_escape, shorten, token_display, token_markdown
@@ -123,7 +125,7 @@ def step_details(step: Any, n_patches: int) -> None:
     """Token, gate, p_copy, entropy and the top-5 alternatives of one step."""
     kind = f"copy → patch {step.patch}" if step.is_copy else "text token"
     st.markdown(f"**Step {step.index}** · {kind}")
-    st.code(token_display(step.text) if not step.is_copy else f"<|copy_{step.patch}|>", language=None)
+    st.code(token_display(step.text) if not step.is_copy else copy_token(step.patch), language=None)
     c1, c2, c3 = st.columns(3)
     c1.metric("p_copy", f"{step.p_copy:.3f}" if np.isfinite(step.p_copy) else "–",
               help="probability mass on all copy (patch) tokens at this step")

@@ -27,10 +27,11 @@ sys.path.insert(0, str(ROOT))
 from storage import Annotation, AnnotationRecord, RevisitLabel, Store  # noqa: E402 - after the sys.path line
 from storage.codec import now_iso  # noqa: E402 - after the sys.path line
 from storage.export import export_hf, export_traces, export_v1g  # noqa: E402 - after the sys.path line
+from v1core.copy_tokens import COPY_TOKEN_START  # noqa: E402
 from v1core.geometry import PatchGrid  # noqa: E402
 from v1core.trace import Step, Trace  # noqa: E402
 
-COPY0 = 151665
+COPY0 = COPY_TOKEN_START
 
 
 def long_trace(n_steps: int = 2000, grid: tuple[int, int] = (40, 50), seed: int = 0) -> Trace:

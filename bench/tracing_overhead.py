@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.helpers import fixture_tokenizer  # noqa: E402
 from v1core.configuration_v1 import V1Config  # noqa: E402
+from v1core.copy_tokens import COPY_TOKEN_START  # noqa: E402
 from v1core.generation import generate_trace, generate_traces  # noqa: E402
 from v1core.modeling_v1 import V1ForConditionalGeneration  # noqa: E402
 from v1core.processing_v1 import V1Processor  # noqa: E402
@@ -106,7 +107,7 @@ def bench_time(shape: str, device: str, dtype: torch.dtype, repeats: int, new_to
 
 def bench_memory(new_tokens: int) -> dict:
     """Bytes kept for the whole decode: our steps vs output_logits, at the real output width."""
-    text_vocab, copy_start = 152064, 151665
+    text_vocab, copy_start = 152064, COPY_TOKEN_START
     model = make_model("mid", text_vocab, copy_start, "cpu", torch.float32)
     processor = make_processor(model, text_vocab)
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (896, 896, 3), dtype=np.uint8))

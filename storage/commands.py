@@ -15,6 +15,8 @@ from typing import List, Optional
 
 import typer
 
+from v1core.copy_tokens import COPY_TOKEN_START
+
 db_app = typer.Typer(help="Database maintenance (Alembic migrations).", no_args_is_help=True)
 annotators_app = typer.Typer(help="Annotators and their roles (reviewers may delete traces and adjudicate).",
                               no_args_is_help=True)
@@ -180,7 +182,7 @@ def import_cmd(
     source: Path = typer.Argument(..., help="full-trace JSONL, v1g JSONL/parquet, or a folder of them"),
     kind: str = typer.Option("auto", help="auto | traces | v1g"),
     model_id: str = typer.Option("v1g-data", help="model_id recorded for imported v1g rows"),
-    copy_token_start: int = typer.Option(151665, help="id of <|copy_0|> for v1g rows"),
+    copy_token_start: int = typer.Option(COPY_TOKEN_START, help="id of <|copy_0|> for v1g rows"),
     db: Optional[str] = _DB,
 ) -> None:
     """Import traces; every bad line is reported with its line number, good lines are imported."""

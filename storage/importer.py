@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from v1core.trace import COPY_RE, Step, Trace
+from v1core.copy_tokens import COPY_RE, COPY_TOKEN_START
+from v1core.trace import Step, Trace
 
 from .annotations import AnnotationRecord
 
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from .codec import PreparedTrace
     from .store import Store, Transaction
 
-V1G_COPY_TOKEN_START = 151665  # copy_token_start of the published checkpoint
 V1G_MODEL_ID = "v1g-data"
 BATCH = 100
 
@@ -129,7 +129,7 @@ def _turns(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def steps_from_text(text: str, copy_token_start: int = V1G_COPY_TOKEN_START) -> list[Step]:
+def steps_from_text(text: str, copy_token_start: int = COPY_TOKEN_START) -> list[Step]:
     """Steps for a text-only trace: one step per `<|copy_k|>` token and one per text chunk between them (no
     distributions: p_copy/entropy are NaN, token ids -1 for text chunks). The steps' texts concatenate to `text`."""
     steps: list[Step] = []
@@ -151,7 +151,7 @@ def steps_from_text(text: str, copy_token_start: int = V1G_COPY_TOKEN_START) -> 
 
 
 def trace_from_v1g(row: Mapping[str, Any], base: Path | None = None, *, model_id: str = V1G_MODEL_ID,
-                   copy_token_start: int = V1G_COPY_TOKEN_START) -> tuple[Trace, tuple[bytes, int, int, str] | None]:
+                   copy_token_start: int = COPY_TOKEN_START) -> tuple[Trace, tuple[bytes, int, int, str] | None]:
     """A text-only Trace (source 'imported') from a v1g row; object keys are expanded to region markup with
     copy ids of every cell the box touches, exactly as v1's training code does. Returns (trace, image)."""
     from v1core.demo.targets import expand_v1g_assistant
@@ -257,7 +257,7 @@ def _files(path: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- the import
 def import_path(store: "Store", path: str | os.PathLike, *, kind: str = "auto", model_id: str = V1G_MODEL_ID,
-                copy_token_start: int = V1G_COPY_TOKEN_START, progress: bool = False) -> "ImportReport":
+                copy_token_start: int = COPY_TOKEN_START, progress: bool = False) -> "ImportReport":
     """Import a file or every .jsonl/.parquet file under a folder. `kind`: 'auto' (each JSONL line is detected:
     a full trace has `grid` and `model_id`, a v1g row has `conversations`/`conversation`; parquet is v1g), 'traces'
     or 'v1g'. Returns an `ImportReport` (per-line errors with line numbers, counts)."""

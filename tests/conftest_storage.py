@@ -22,10 +22,11 @@ from typing import Any, Sequence
 import numpy as np
 import pytest
 
+from v1core.copy_tokens import COPY_TOKEN_START
 from v1core.geometry import PatchGrid
 from v1core.trace import DecodingSettings, Step, Trace
 
-COPY0 = 151665
+COPY0 = COPY_TOKEN_START
 
 
 # ----------------------------------------------------------------------------- trace builders

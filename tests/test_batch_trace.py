@@ -156,3 +156,27 @@ def test_item_count_feeds_the_progress_bar(dataset):
 
     assert count_items(dataset / "data.jsonl") == N + 3
     assert count_items(dataset) == N  # a folder of images
+
+
+def test_batch_and_interactive_traces_end_alike(dataset, tmp_path, monkeypatch):
+    """Whichever of the model's end-of-sequence ids `generate` stopped on, a batch trace's output_text drops it
+    exactly as an interactive TraceRun's does (both go through `Trace.finish`)."""
+    from v1core.generation import TraceRun
+
+    model, proc = fixture_model(), fixture_processor()
+    item = next(it for it in iter_items(dataset / "data.jsonl") if not it.error)
+    settings = DecodingSettings(max_new_tokens=8)
+    free = TraceRun(model, proc, item.image, item.question, settings=settings).run()
+    ids = [s.token_id for s in free.steps]
+    stop_at = next(i for i in range(2, len(ids)) if ids[i] not in ids[:i])  # a token first chosen at step i
+    extra_eos = ids[stop_at]
+    assert extra_eos != proc.tokenizer.convert_tokens_to_ids("<|im_end|>")  # not the id batch used to strip
+    monkeypatch.setattr(model.generation_config, "eos_token_id", [model.generation_config.eos_token_id, extra_eos])
+    run = TraceRun(model, proc, item.image, item.question, settings=settings).run()
+    sink = JsonlShardSink(tmp_path / "b")
+    trace_batch(model, proc, [item], settings, sink, batch_size=1, progress=False)
+    sink.close()
+    batch = json.loads(sink.path.read_text().splitlines()[0])
+    assert [s.token_id for s in run.steps] == [s["token_id"] for s in batch["steps"]] == ids[: stop_at + 1]
+    assert run.output_text == batch["output_text"] == proc.decode(ids[:stop_at])
+    assert run.status == batch["status"] == "complete"

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from v1core.copy_tokens import COPY_TOKEN_START
 from v1core.demo.scenes import EVAL_SEED_START, make_scene
 from v1core.demo.targets import target_text
 from v1core.demo.tokenizer import (
@@ -57,7 +58,7 @@ def test_id_layout(built):
     assert len(tok) == ids.copy_token_start + N_COPY
     # the same offsets from <|endoftext|> as Qwen2.5-VL (151643): region 151662, copy 151665, image 151655 …
     assert ids.region_token_id - eot == 151662 - 151643
-    assert ids.copy_token_start - eot == 151665 - 151643
+    assert ids.copy_token_start - eot == COPY_TOKEN_START - 151643
     assert ids.eos_token_id - eot == 151645 - 151643
     assert ids.vision_start_token_id - eot == 151652 - 151643
     assert ids.vision_end_token_id - eot == 151653 - 151643

@@ -61,3 +61,26 @@ def test_bad_input_gets_clear_errors():
     with pytest.raises(ValueError, match="expected"):
         pointers_from_bytes(b"\x00" * 10, 2, (2, 2))
     assert len(pointers_to_bytes(np.zeros((3, 2, 2)))) == 24
+
+
+def test_finish_strips_trailing_end_of_sequence_ids_and_settles_the_status():
+    tr = make_trace([("a", 1), ("b", 2), ("<eos>", 7), ("<end>", 8)])
+    tr.status = "running"
+    decoded: list[list[int]] = []
+
+    def decode(ids):
+        decoded.append(list(ids))
+        return "|".join(map(str, ids))
+
+    assert tr.finish(decode, [8, 7], timings={"total_s": 1.5}) is tr
+    assert decoded == [[1, 2]] and tr.output_text == "1|2"  # every trailing eos id, whichever it is
+    assert tr.status == "complete" and tr.timings == {"total_s": 1.5}
+    mid = make_trace([("a", 7), ("b", 2)])
+    mid.status = "running"
+    mid.finish(decode, [7], cancelled=True)
+    assert mid.output_text == "7|2" and mid.status == "cancelled"  # only trailing ids are dropped
+    assert mid.timings == {}  # untouched without timings
+    failed = make_trace([("a", 1)])
+    failed.status = "failed"
+    failed.finish(decode, [])
+    assert failed.status == "failed" and failed.output_text == "1"

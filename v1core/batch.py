@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator, Protocol
 
 import torch
 
-from .generation import generate_traces
+from .generation import eos_token_ids, generate_traces
 from .images import ImageError, load_image
 from .processing_v1 import V1Processor
 from .trace import DecodingSettings, Trace
@@ -339,14 +339,9 @@ def _run(
     except Exception as exc:  # a whole batch failed (e.g. out of memory): report every row
         return [(it, _failed(it, key, settings, model_id, exc)) for it, key in pending]
     elapsed = time.perf_counter() - t0
-    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eos = eos_token_ids(model)  # what generate stopped on, exactly as for an interactive trace
     for tr in traces:
-        ids = [s.token_id for s in tr.steps]
-        while ids and ids[-1] == eos:
-            ids.pop()
-        tr.output_text = processor.decode(ids)
-        tr.status = "complete"
-        tr.timings = {"batch_s": round(elapsed, 4), "batch_size": len(traces)}
+        tr.finish(processor.decode, eos, timings={"batch_s": round(elapsed, 4), "batch_size": len(traces)})
     return [(it, tr) for (it, _), tr in zip(pending, traces)]
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import Qwen2_5_VLConfig
 
+from .copy_tokens import COPY_TOKEN_START
+
 
 @strict
 class V1Config(Qwen2_5_VLConfig):
     r"""
     region_token_id (`int`, defaults to 151662 = `<|fim_pad|>`):
         Id every copy token is embedded as before its patch embedding replaces it.
-    copy_token_start (`int`, defaults to 151665):
+    copy_token_start (`int`, defaults to `COPY_TOKEN_START` = 151665):
         Id of `<|copy_0|>`; id `copy_token_start + k` copies merged patch k.
     copy_token_num (`int`, defaults to 30000): how many copy tokens the tokenizer carries.
     copy_hidden_size (`int`, optional): width of the copy heads (defaults to the text hidden size).
@@ -34,7 +36,7 @@ class V1Config(Qwen2_5_VLConfig):
     model_type = "v1"
 
     region_token_id: int = 151662
-    copy_token_start: int = 151665
+    copy_token_start: int = COPY_TOKEN_START
     copy_token_num: int = 30000
     copy_scaler: float = 0.1
     use_embeddings_as_keys: bool = False

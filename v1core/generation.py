@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from .copy_tokens import copy_patch
 from .processing_v1 import V1Processor
 from .trace import DecodingSettings, Step, Trace
 
@@ -36,7 +37,9 @@ class GenerationCancelled(Exception):
 
 
 @dataclass
-class _StepStats:
+class StepStats:
+    """What one decoding step's logits say, per batch row (tensors on the logits' device)."""
+
     p_copy: torch.Tensor  # [B]
     entropy: torch.Tensor  # [B]
     pointer: torch.Tensor  # [B, P]
@@ -44,10 +47,45 @@ class _StepStats:
     topk_ids: torch.Tensor  # [B, k]
     gate: torch.Tensor | None  # [B]
 
+    def to_host(self) -> dict[str, Any]:
+        """The same values on the CPU (lists, pointers as one numpy array): one transfer per step."""
+        return {
+            "p_copy": self.p_copy.cpu().tolist(),
+            "entropy": self.entropy.cpu().tolist(),
+            "pointer": self.pointer.cpu().numpy(),
+            "topk_probs": self.topk_probs.cpu().tolist(),
+            "topk_ids": self.topk_ids.cpu().tolist(),
+            "gate": None if self.gate is None else self.gate.cpu().tolist(),
+        }
+
+
+def build_step(processor: V1Processor, host: dict[str, Any], row: int, *, index: int, token_id: int, text: str,
+               grid: tuple[int, int]) -> Step:
+    """The `Step` of batch row `row`: the chosen `token_id` (decoded as `text`) with what the logits said
+    (`host` from `StepStats.to_host()`). The pointer covers the row's own image, `grid` = (rows, cols) merged
+    patches; a copy token's patch is `token_id - copy_token_start`."""
+    rows, cols = grid
+    patch = copy_patch(token_id, processor.copy_token_start)
+    topk_ids = [int(i) for i in host["topk_ids"][row]]
+    return Step(
+        index=index,
+        token_id=token_id,
+        text=text,
+        is_copy=patch is not None,
+        patch=patch,
+        p_copy=float(host["p_copy"][row]),
+        entropy=float(host["entropy"][row]),
+        gate=None if host["gate"] is None else float(host["gate"][row]),
+        topk_ids=topk_ids,
+        topk_texts=[processor.token_text(i) for i in topk_ids],
+        topk_probs=[float(p) for p in host["topk_probs"][row]],
+        pointer=np.asarray(host["pointer"][row][: rows * cols], dtype=np.float32).reshape(rows, cols),
+    )
+
 
 def summarise_logits(
     logits: torch.Tensor, copy_token_start: int, n_patches: int, gate: torch.Tensor | None = None, k: int = TOPK
-) -> _StepStats:
+) -> StepStats:
     """Everything a Step shows, from one row of raw logits [B, V] (float32 maths, on the logits' device)."""
     logits = logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)
@@ -57,7 +95,7 @@ def summarise_logits(
     pointer = torch.softmax(copy_logits, dim=-1)
     entropy = -(pointer * torch.log_softmax(copy_logits, dim=-1)).nan_to_num(0.0).sum(dim=-1)
     top = probs.topk(min(k, probs.shape[-1]), dim=-1)
-    return _StepStats(
+    return StepStats(
         p_copy=p_copy,
         entropy=entropy,
         pointer=pointer,
@@ -93,7 +131,7 @@ class TraceRecorder(StoppingCriteria):
         self.eos = set(int(e) for e in eos_token_ids)
         self.cancel = cancel or threading.Event()
         self.topk = topk
-        self.pending: _StepStats | None = None
+        self.pending: StepStats | None = None
         self.decoders = [processor.incremental_decoder() for _ in self.n_patches]
         self.finished = [False] * len(self.n_patches)
         self.counts = [0] * len(self.n_patches)
@@ -120,48 +158,27 @@ class TraceRecorder(StoppingCriteria):
         stats, self.pending = self.pending, None
         chosen = input_ids[:, -1].tolist()
         if stats is not None:
-            cpu = {
-                "p_copy": stats.p_copy.cpu().tolist(),
-                "entropy": stats.entropy.cpu().tolist(),
-                "pointer": stats.pointer.cpu().numpy(),
-                "topk_probs": stats.topk_probs.cpu().tolist(),
-                "topk_ids": stats.topk_ids.cpu().tolist(),
-                "gate": None if stats.gate is None else stats.gate.cpu().tolist(),
-            }
+            host = stats.to_host()
             for row, token_id in enumerate(chosen):
                 if self.finished[row]:
                     continue
-                self.on_step(row, self._make_step(row, int(token_id), cpu))
+                self.on_step(row, self._make_step(row, int(token_id), host))
                 if token_id in self.eos:
                     self.finished[row] = True
         stop = self.cancel.is_set()
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
-    def _make_step(self, row: int, token_id: int, cpu: dict[str, Any]) -> Step:
-        n = self.n_patches[row]
-        rows, cols = self.grids[row]
-        pointer = np.asarray(cpu["pointer"][row][:n], dtype=np.float32).reshape(rows, cols)
-        is_copy = token_id >= self.copy_token_start
-        step = Step(
-            index=self.counts[row],
-            token_id=token_id,
-            text=self.decoders[row].push(token_id),
-            is_copy=is_copy,
-            patch=token_id - self.copy_token_start if is_copy else None,
-            p_copy=float(cpu["p_copy"][row]),
-            entropy=float(cpu["entropy"][row]),
-            gate=None if cpu["gate"] is None else float(cpu["gate"][row]),
-            topk_ids=[int(i) for i in cpu["topk_ids"][row]],
-            topk_texts=[self.processor.token_text(int(i)) for i in cpu["topk_ids"][row]],
-            topk_probs=[float(p) for p in cpu["topk_probs"][row]],
-            pointer=pointer,
-        )
+    def _make_step(self, row: int, token_id: int, host: dict[str, Any]) -> Step:
+        step = build_step(self.processor, host, row, index=self.counts[row], token_id=token_id,
+                          text=self.decoders[row].push(token_id), grid=self.grids[row])
         self.counts[row] += 1
         return step
 
 
-def _eos_ids(model: torch.nn.Module, generate_kwargs: dict[str, Any]) -> list[int]:
-    eos = generate_kwargs.get("eos_token_id")
+def eos_token_ids(model: torch.nn.Module, generate_kwargs: dict[str, Any] | None = None) -> list[int]:
+    """The end-of-sequence ids `generate` stops on: `generate_kwargs["eos_token_id"]`, else the model's
+    generation config (one id or a list), else none."""
+    eos = (generate_kwargs or {}).get("eos_token_id")
     if eos is None:
         eos = getattr(model.generation_config, "eos_token_id", None)
     if eos is None:
@@ -231,7 +248,7 @@ def generate_traces(
         _patch_counts(model, {"image_grid_thw": generate_kwargs.pop("image_grid_thw")})
     recorder = TraceRecorder(
         model, processor, n_patches, grids, lambda row, step: sink[0](row, step),
-        eos_token_ids=_eos_ids(model, generate_kwargs), cancel=cancel, topk=topk,
+        eos_token_ids=eos_token_ids(model, generate_kwargs), cancel=cancel, topk=topk,
     )
     if continue_from is not None:
         recorder.decoders, recorder.counts = [continue_from[0]], [int(continue_from[1])]
@@ -385,20 +402,14 @@ class TraceRun:
             raise
         finally:
             end = time.perf_counter()
-            eos = set(_eos_ids(self.model, {}))
-            ids = [s.token_id for s in trace.steps]
-            while ids and ids[-1] in eos:
-                ids.pop()
-            trace.output_text = self.processor.decode(ids)
             decode_s = end - (first_token_at or end)
-            trace.timings = {
+            n = len(trace.steps)
+            trace.finish(self.processor.decode, eos_token_ids(self.model), cancelled=self.cancel.is_set(), timings={
                 "prefill_s": round((first_token_at or end) - start, 4),
                 "decode_s": round(decode_s, 4),
                 "total_s": round(end - start, 4),
-                "tokens_per_s": round((len(trace.steps) - 1) / decode_s, 2) if decode_s > 0 and len(trace.steps) > 1 else 0.0,
-            }
-            if trace.status == "running":
-                trace.status = "cancelled" if self.cancel.is_set() else "complete"
+                "tokens_per_s": round((n - 1) / decode_s, 2) if decode_s > 0 and n > 1 else 0.0,
+            })
 
     def run(self) -> Trace:
         for _ in self:

@@ -18,10 +18,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
 
-import numpy as np
 import torch
 
-from .generation import _eos_ids, generate_traces, summarise_logits
+from .generation import build_step, eos_token_ids, generate_traces, summarise_logits
 from .processing_v1 import V1Processor
 from .trace import Step, Trace
 
@@ -122,7 +121,6 @@ class BranchRun:
         model, processor, state, trace = self.model, self.processor, self.state, self.trace
         assert state is not None and trace is not None
         start = time.perf_counter()
-        rows, cols = trace.grid
         n = trace.n_patches
         prefix = [s.token_id for s in trace.steps] + self.forced
         device = state.first_logits.device
@@ -144,7 +142,8 @@ class BranchRun:
                 logits_rows += [out.logits[0, j] for j in range(max(0, self.branch_step - 1), len(head))]
             for k, tid in enumerate(self.forced):
                 stats = summarise_logits(logits_rows[k][None], processor.copy_token_start, n)
-                step = self._step(len(trace.steps), tid, stats, decoder, rows, cols)
+                step = build_step(processor, stats.to_host(), 0, index=len(trace.steps), token_id=tid,
+                                  text=decoder.push(tid), grid=trace.grid)
                 trace.steps.append(step)
                 yield step
             # Free decoding from there, with the parent's settings; the recorder numbers steps on.
@@ -153,7 +152,7 @@ class BranchRun:
             kw = settings.generate_kwargs()
             kw["max_new_tokens"] = max(1, settings.max_new_tokens - len(prefix))
             kw["min_new_tokens"] = max(0, settings.min_new_tokens - len(prefix))
-            if prefix and prefix[-1] in set(_eos_ids(model, {})):
+            if prefix and prefix[-1] in set(eos_token_ids(model)):
                 return
             inputs = {"input_ids": full, "attention_mask": torch.ones_like(full)}
             # the cached prompt + prefix are skipped by generate's prefill; positions come from rope_deltas
@@ -168,25 +167,8 @@ class BranchRun:
             trace.status, trace.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            eos = set(_eos_ids(model, {}))
-            ids = [s.token_id for s in trace.steps]
-            while ids and ids[-1] in eos:
-                ids.pop()
-            trace.output_text = processor.decode(ids)
-            trace.timings = {"total_s": round(time.perf_counter() - start, 4)}
-            if trace.status == "running":
-                trace.status = "cancelled" if self.cancel.is_set() else "complete"
-
-    def _step(self, index, tid, stats, decoder, rows, cols) -> Step:
-        cs = self.processor.copy_token_start
-        return Step(
-            index=index, token_id=tid, text=decoder.push(tid), is_copy=tid >= cs,
-            patch=tid - cs if tid >= cs else None, p_copy=float(stats.p_copy[0]), entropy=float(stats.entropy[0]),
-            topk_ids=[int(i) for i in stats.topk_ids[0].tolist()],
-            topk_texts=[self.processor.token_text(int(i)) for i in stats.topk_ids[0].tolist()],
-            topk_probs=[float(p) for p in stats.topk_probs[0].tolist()],
-            pointer=stats.pointer[0].cpu().numpy().astype(np.float32).reshape(rows, cols),
-        )
+            trace.finish(processor.decode, eos_token_ids(model), cancelled=self.cancel.is_set(),
+                         timings={"total_s": round(time.perf_counter() - start, 4)})
 
     def run(self) -> Trace:
         for _ in self:

@@ -20,6 +20,7 @@ from PIL import Image
 from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from .copy_tokens import copy_token
 from .geometry import PatchGrid
 
 
@@ -28,10 +29,6 @@ PAPER_PROMPT_SUFFIX = "\nPlease answer the question using a long-chain reasoning
 DEFAULT_MIN_PIXELS = 3136
 DEFAULT_MAX_PIXELS = 12845056
 V1_PROCESSOR_CONFIG = "v1_processor_config.json"
-
-
-def copy_token(k: int) -> str:
-    return f"<|copy_{k}|>"
 
 
 def add_copy_tokens(tokenizer: PreTrainedTokenizerBase, count: int, start_id: int) -> None:

@@ -13,9 +13,11 @@ import datetime as _dt
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from .copy_tokens import COPY_RE
 
 SCHEMA_VERSION = 1
 
@@ -29,7 +31,6 @@ DETECT_RE = re.compile(
 REGION_RE = re.compile(
     r"(?:<(?P<obj>obj\d+)>)?<region>\s*\[(?P<box>[^\]]*)\](?P<copies>.*?)</region>", re.DOTALL
 )
-COPY_RE = re.compile(r"<\|copy_(\d+)\|>")
 
 
 @dataclass
@@ -184,6 +185,23 @@ class Trace:
         if "</think>" in text:
             text = text.split("</think>", 1)[1]
         return text.strip()
+
+    def finish(self, decode: Callable[[list[int]], str], eos_token_ids: Iterable[int], *, cancelled: bool = False,
+               timings: dict[str, float] | None = None) -> "Trace":
+        """End a decoding (interactive, batch or branch alike): `output_text` becomes `decode` of the steps' token
+        ids without the trailing end-of-sequence ids (`eos_token_ids`: the ids `generate` stops on, so the text
+        ends where the answer ends whichever of them it was), `timings` are set when given, and a `running`
+        trace becomes `cancelled` (when `cancelled`) or `complete`; a `failed` one stays failed. Returns self."""
+        eos = {int(e) for e in eos_token_ids}
+        ids = [s.token_id for s in self.steps]
+        while ids and ids[-1] in eos:
+            ids.pop()
+        self.output_text = decode(ids)
+        if timings is not None:
+            self.timings = dict(timings)
+        if self.status == "running":
+            self.status = "cancelled" if cancelled else "complete"
+        return self
 
     # ----------------------------------------------------------------- (de)serialisation
     def to_dict(self, include_pointers: bool = True) -> dict[str, Any]:

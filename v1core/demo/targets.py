@@ -15,15 +15,12 @@ import json
 import re
 from typing import Any, Callable, Mapping, Sequence
 
+from ..copy_tokens import copy_token
 from .scenes import Scene, SceneObject
 
 V1G_ID_PREFIX = "v1demo"
 
 _KEY_RE = re.compile(r"^<?(obj\d+)>?$")
-
-
-def copy_token(k: int) -> str:
-    return f"<|copy_{k}|>"
 
 
 def _article(word: str) -> str:

@@ -30,6 +30,8 @@ from typing import Iterable, Iterator
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from ..copy_tokens import copy_token
+
 # Qwen2's pre-tokenisation pattern (single digits, letters with an optional leading non-letter, …).
 QWEN2_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -104,10 +106,6 @@ CHAT_TEMPLATE = (
 
 # Everything that becomes an added token is cut out of the BPE training text.
 _ADDED_RE = re.compile(r"<\|[A-Za-z0-9_]+\|>|</?think>|</?region>|<obj\d+>|</?tool_call>")
-
-
-def copy_token(k: int) -> str:
-    return f"<|copy_{k}|>"
 
 
 @dataclass(frozen=True)
@@ -318,6 +316,5 @@ __all__ = [
     "QWEN_ADDED_TOKENS",
     "V1_MARKERS",
     "build_demo_tokenizer",
-    "copy_token",
     "corpus_for_tokenizer",
 ]
