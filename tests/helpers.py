@@ -1,13 +1,12 @@
-"""Shared test helpers: the reference fixture model and a word-level tokenizer that fits its ids."""
+"""Shared test helpers: the reference fixture model and a word-level tokenizer that fits its ids, and a free TCP
+port. torch is imported only by the model helpers, so the storage tests can use `free_port` without it."""
 
 from __future__ import annotations
 
 import json
+import socket
 from functools import lru_cache
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = FIXTURES / "v1-reference" / "small"
@@ -30,8 +29,17 @@ def fixture_tokenizer(vocab_size: int = 912):
     return fast
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for a test server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @lru_cache(maxsize=1)
 def fixture_model():
+    import torch
+
     from v1core.modeling_v1 import V1ForConditionalGeneration
 
     model = V1ForConditionalGeneration.from_pretrained(SMALL / "checkpoint", dtype=torch.float32,
@@ -49,10 +57,14 @@ def fixture_processor():
 
 
 def fixture_inputs() -> dict:
+    from safetensors.torch import load_file
+
     return load_file(SMALL / "inputs.safetensors")
 
 
 def fixture_expected() -> dict:
+    from safetensors.torch import load_file
+
     return load_file(SMALL / "expected.safetensors")
 
 

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from storage import Annotation
-from tests.test_app_support import (app_env, app_test, build_synthetic_trace, checkpoint_dir,  # noqa: F401
-                                    no_exceptions, open_page, synthetic_trace)
+from tests.app_helpers import app_test, no_exceptions, open_page
+from tests.builders import build_synthetic_trace
 
 
 def open_annotate(name: str | None = "ana"):
     return open_page("pages/annotate.py", name)
 
 
-def test_empty_state(app_env):  # noqa: F811
+def test_empty_state(app_env):
     at = open_annotate()
     assert any("No complete traces" in i.value for i in at.info)
 
 
-def test_needs_a_name(synthetic_trace):  # noqa: F811
+def test_needs_a_name(synthetic_trace):
     at = open_annotate(name=None)
     assert any("Type your name" in i.value for i in at.info)
     at.text_input(key="annotator").set_value("bob").run()
@@ -24,7 +24,7 @@ def test_needs_a_name(synthetic_trace):  # noqa: F811
     assert at.radio(key="verdict") is not None
 
 
-def test_annotate_correct_region_and_save(synthetic_trace, app_env):  # noqa: F811
+def test_annotate_correct_region_and_save(synthetic_trace, app_env):
     at = open_annotate()
     at.radio(key="verdict").set_value("incorrect")
     at.radio(key="answer_correct").set_value("no")
@@ -59,7 +59,7 @@ def test_annotate_correct_region_and_save(synthetic_trace, app_env):  # noqa: F8
     assert app_env.get_annotation(synthetic_trace.trace_id).verdict == "unsure"
 
 
-def test_conflict_shows_both_and_keep_mine(synthetic_trace, app_env):  # noqa: F811
+def test_conflict_shows_both_and_keep_mine(synthetic_trace, app_env):
     tid = synthetic_trace.trace_id
     at = open_annotate()  # loads version 0
     app_env.save_annotation(tid, Annotation(annotator="rita", verdict="correct", note="theirs"), expected_version=0)
@@ -79,7 +79,7 @@ def test_conflict_shows_both_and_keep_mine(synthetic_trace, app_env):  # noqa: F
     assert notes == [(1, "theirs", False), (2, "mine", True), (3, "mine", False)]
 
 
-def test_conflict_take_theirs_then_revert(synthetic_trace, app_env):  # noqa: F811
+def test_conflict_take_theirs_then_revert(synthetic_trace, app_env):
     tid = synthetic_trace.trace_id
     at = open_annotate()
     app_env.save_annotation(tid, Annotation(annotator="rita", verdict="correct", note="theirs"), expected_version=0)
@@ -99,7 +99,7 @@ def test_conflict_take_theirs_then_revert(synthetic_trace, app_env):  # noqa: F8
     assert at.text_area(key="note").value == "mine"
 
 
-def test_queue_next_prev_and_filters(app_env):  # noqa: F811
+def test_queue_next_prev_and_filters(app_env):
     a = build_synthetic_trace(app_env)
     b = build_synthetic_trace(app_env, key="scene-1", question="Second?")
     build_synthetic_trace(app_env, key="scene-2", question="Third?")
@@ -131,7 +131,7 @@ def test_queue_next_prev_and_filters(app_env):  # noqa: F811
     assert at.radio(key="verdict").value == "correct"
 
 
-def test_uncertainty_score_orders_queue(app_env):  # noqa: F811
+def test_uncertainty_score_orders_queue(app_env):
     from app.annotate_ui import _uncertainty
     from app.resources import store_url
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tests.test_app_support import (app_env, app_test, build_synthetic_trace, checkpoint_dir,  # noqa: F401
-                                    no_exceptions, synthetic_trace)
+from tests.app_helpers import app_test, no_exceptions
+from tests.builders import build_synthetic_trace
 
 
 def open_compare(trace=None):
@@ -28,12 +28,12 @@ def chart_metas(at) -> list:
     return [json.loads(c.proto.spec)["layout"].get("meta") for c in at.get("plotly_chart")]
 
 
-def test_empty_state(app_env):  # noqa: F811
+def test_empty_state(app_env):
     at = open_compare()
     assert any("No traces yet" in i.value for i in at.info)
 
 
-def test_two_steps_of_one_trace(synthetic_trace):  # noqa: F811
+def test_two_steps_of_one_trace(synthetic_trace):
     at = open_compare(synthetic_trace)
     assert at.segmented_control(key="compare_mode").value == "Two steps"
     assert at.slider(key="compare_step_b").value == 5  # defaults to the first revisit
@@ -47,7 +47,7 @@ def test_two_steps_of_one_trace(synthetic_trace):  # noqa: F811
     assert {"step": 2, "panel": "A"} in metas and {"step": 2, "panel": "B"} in metas
 
 
-def test_two_traces_of_the_same_image(app_env):  # noqa: F811
+def test_two_traces_of_the_same_image(app_env):
     a = build_synthetic_trace(app_env)
     b = build_synthetic_trace(app_env, question="A re-decoded branch")
     build_synthetic_trace(app_env, key="scene-1", question="Another image")  # must not be offered as B
@@ -66,14 +66,14 @@ def test_two_traces_of_the_same_image(app_env):  # noqa: F811
     assert at.query_params["trace_b"] in (b.trace_id, [b.trace_id])
 
 
-def test_two_traces_without_a_partner(synthetic_trace):  # noqa: F811
+def test_two_traces_without_a_partner(synthetic_trace):
     at = open_compare(synthetic_trace)
     at.segmented_control(key="compare_mode").set_value("Two traces").run()
     no_exceptions(at)
     assert any("No other trace of this image" in i.value for i in at.info)
 
 
-def test_pointer_vs_revisit_region_and_patch_ids(synthetic_trace):  # noqa: F811
+def test_pointer_vs_revisit_region_and_patch_ids(synthetic_trace):
     at = open_compare(synthetic_trace)
     at.segmented_control(key="compare_mode").set_value("Pointer vs region").run()
     no_exceptions(at)
@@ -90,7 +90,7 @@ def test_pointer_vs_revisit_region_and_patch_ids(synthetic_trace):  # noqa: F811
 
 
 @pytest.mark.parametrize("mode", ["Two steps", "Pointer vs region"])
-def test_modes_on_trace_without_pointers(app_env, mode):  # noqa: F811
+def test_modes_on_trace_without_pointers(app_env, mode):
     t = build_synthetic_trace(app_env)
     for s in t.steps:
         s.pointer = None
@@ -102,7 +102,7 @@ def test_modes_on_trace_without_pointers(app_env, mode):  # noqa: F811
     assert any("no pointer distributions" in w.value for w in at.warning)
 
 
-def test_parent_and_branch_side_by_side_show_divergence_and_answer(app_env):  # noqa: F811
+def test_parent_and_branch_side_by_side_show_divergence_and_answer(app_env):
     """Issue 8: a re-decoded branch opened with its parent says where pointers diverge and if the answer changed."""
     import copy
 

@@ -9,8 +9,8 @@ import pytest
 
 from storage import Annotation, RevisitLabel, Store
 from storage.export import export_traces
-from tests.test_app_support import (app_env, app_test, build_synthetic_trace, checkpoint_dir,  # noqa: F401
-                                    no_exceptions, open_page, synthetic_trace)
+from tests.app_helpers import no_exceptions, open_page
+from tests.builders import build_synthetic_trace
 
 
 def table(at):
@@ -18,7 +18,7 @@ def table(at):
 
 
 # ----------------------------------------------------------------------------- library
-def test_library_table_filters_and_search(app_env):  # noqa: F811
+def test_library_table_filters_and_search(app_env):
     a = build_synthetic_trace(app_env)
     b = build_synthetic_trace(app_env, key="scene-1", question="Second question?")
     app_env.save_annotation(a.trace_id, Annotation(annotator="ana", verdict="correct", tags=["batch-1"]),
@@ -45,7 +45,7 @@ def test_library_table_filters_and_search(app_env):  # noqa: F811
     assert not at.dataframe and any("No traces match" in i.value for i in at.info)
 
 
-def test_library_import_reports_bad_lines(app_env, tmp_path):  # noqa: F811
+def test_library_import_reports_bad_lines(app_env, tmp_path):
     other = Store(f"sqlite:///{tmp_path / 'other.db'}")
     t = build_synthetic_trace(other, key="scene-2", question="Imported?")
     path = tmp_path / "traces.jsonl"
@@ -63,7 +63,7 @@ def test_library_import_reports_bad_lines(app_env, tmp_path):  # noqa: F811
     assert t.trace_id in set(table(at)["trace"])
 
 
-def test_library_delete_only_for_reviewers(app_env):  # noqa: F811
+def test_library_delete_only_for_reviewers(app_env):
     t = build_synthetic_trace(app_env)
     app_env.add_annotator("ana")
     at = open_page("pages/library.py")
@@ -91,7 +91,7 @@ def _has(at, key: str) -> bool:
 
 # ----------------------------------------------------------------------------- export
 @pytest.fixture()
-def annotated(app_env):  # noqa: F811
+def annotated(app_env):
     a = build_synthetic_trace(app_env)
     b = build_synthetic_trace(app_env, key="scene-1", question="Second?")
     app_env.save_annotation(a.trace_id, Annotation(

@@ -4,8 +4,7 @@ reviewer only, roles, and Streamlit OIDC login when secrets.toml configures it."
 from __future__ import annotations
 
 from storage import Annotation, RevisitLabel
-from tests.test_app_support import (app_env, app_test, build_synthetic_trace, checkpoint_dir,  # noqa: F401
-                                    no_exceptions, open_page, synthetic_trace)
+from tests.app_helpers import app_test, no_exceptions, open_page
 
 
 def open_review(name: str | None = "rita"):
@@ -19,13 +18,13 @@ def two_annotators_disagree(store, trace_id: str) -> None:
         RevisitLabel(0, "wrong_region", corrected_patches=[2, 3])]))
 
 
-def test_review_without_data(app_env):  # noqa: F811
+def test_review_without_data(app_env):
     at = open_review()
     assert any("two or more annotators" in i.value for i in at.info)
     assert any("No trace has disagreeing annotators" in s.value for s in at.success)
 
 
-def test_disagreements_side_by_side_and_reviewer_adopts(synthetic_trace, app_env):  # noqa: F811
+def test_disagreements_side_by_side_and_reviewer_adopts(synthetic_trace, app_env):
     tid = synthetic_trace.trace_id
     two_annotators_disagree(app_env, tid)
     at = open_review("rita")
@@ -54,7 +53,7 @@ def test_disagreements_side_by_side_and_reviewer_adopts(synthetic_trace, app_env
     assert {m.label: m.value for m in at.metric}["Annotators"] == "2"  # the ruling is not a third judgement
 
 
-def test_reviewer_opens_a_disagreement_in_annotate(synthetic_trace, app_env):  # noqa: F811
+def test_reviewer_opens_a_disagreement_in_annotate(synthetic_trace, app_env):
     two_annotators_disagree(app_env, synthetic_trace.trace_id)
     app_env.add_annotator("rita", role="reviewer")
     at = open_review("rita")
@@ -64,7 +63,7 @@ def test_reviewer_opens_a_disagreement_in_annotate(synthetic_trace, app_env):  #
     assert at.session_state["_annot_trace"] == synthetic_trace.trace_id
 
 
-def test_min_iou_filter_hides_small_region_differences(synthetic_trace, app_env):  # noqa: F811
+def test_min_iou_filter_hides_small_region_differences(synthetic_trace, app_env):
     tid = synthetic_trace.trace_id
     for who, patches in (("ana", [1, 2, 3, 4]), ("bo", [1, 2, 3])):
         app_env.save_annotation(tid, Annotation(annotator=who, verdict="correct", revisit_labels=[
@@ -75,7 +74,7 @@ def test_min_iou_filter_hides_small_region_differences(synthetic_trace, app_env)
     assert any("No trace has disagreeing annotators" in s.value for s in at.success)
 
 
-def test_roles_shown_and_set_from_cli(app_env, tmp_path):  # noqa: F811
+def test_roles_shown_and_set_from_cli(app_env, tmp_path):
     from typer.testing import CliRunner
 
     from app.cli import app as cli
@@ -96,7 +95,7 @@ OIDC = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret":
         "client_id": "v1studio", "client_secret": "x", "server_metadata_url": "https://idp.invalid/.well-known"}
 
 
-def test_oidc_login_when_configured(synthetic_trace, app_env):  # noqa: F811
+def test_oidc_login_when_configured(synthetic_trace, app_env):
     at = app_test()
     at.secrets["auth"] = OIDC
     at.secrets["v1studio"] = {"reviewers": ["Rita@Lab.org"]}

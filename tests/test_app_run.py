@@ -11,7 +11,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from tests.test_app_support import app_env, app_test, checkpoint_dir, no_exceptions  # noqa: F401
+from tests.app_helpers import app_test, no_exceptions
 
 
 def open_run_page():
@@ -33,7 +33,7 @@ def run_question(at, question: str = "What colour is the square?", max_new: int 
     return at
 
 
-def test_run_decodes_saves_and_opens_in_viewer(app_env):  # noqa: F811
+def test_run_decodes_saves_and_opens_in_viewer(app_env):
     store = app_env
     at = open_run_page()
     assert at.title[0].value == "Run v1"
@@ -52,7 +52,7 @@ def test_run_decodes_saves_and_opens_in_viewer(app_env):  # noqa: F811
         assert not el.proto.allow_html and "<b>star</b>" not in el.value
 
 
-def test_sampling_settings_are_recorded(app_env):  # noqa: F811
+def test_sampling_settings_are_recorded(app_env):
     store = app_env
     at = open_run_page()
     assert at.slider(key="temperature").disabled  # greedy: sampling knobs are off
@@ -68,7 +68,7 @@ def test_sampling_settings_are_recorded(app_env):  # noqa: F811
     assert s.seed == 3 and s.repetition_penalty == pytest.approx(1.1) and s.max_new_tokens == 6
 
 
-def test_bundled_photo_and_question_prefill(app_env):  # noqa: F811
+def test_bundled_photo_and_question_prefill(app_env):
     at = open_run_page()
     at.selectbox(key="gallery_key").set_value("chelsea").run()
     no_exceptions(at)
@@ -100,7 +100,7 @@ def _bomb_png() -> bytes:
         ("tiny.png", _png(10, 10), "at least"),
     ],
 )
-def test_bad_uploads_get_a_clear_message(app_env, name, content, message):  # noqa: F811
+def test_bad_uploads_get_a_clear_message(app_env, name, content, message):
     at = open_run_page()
     at.radio(key="image_source").set_value("Upload").run()
     at.get("file_uploader")[0].upload(name, content, "image/png").run()
@@ -113,7 +113,7 @@ def test_bad_uploads_get_a_clear_message(app_env, name, content, message):  # no
     assert at.title[0].value == "Run v1"
 
 
-def test_upload_with_exif_rotation_runs(app_env):  # noqa: F811
+def test_upload_with_exif_rotation_runs(app_env):
     store = app_env
     img = Image.new("RGB", (120, 60), (200, 30, 30))
     exif = Image.Exif()
@@ -130,7 +130,7 @@ def test_upload_with_exif_rotation_runs(app_env):  # noqa: F811
     assert tuple(trace.image_size) == (60, 120)  # the model saw the upright picture
 
 
-def test_second_run_waits_in_the_queue(app_env):  # noqa: F811
+def test_second_run_waits_in_the_queue(app_env):
     from app import resources
 
     gate = resources.generation_gate()
@@ -154,14 +154,14 @@ def test_second_run_waits_in_the_queue(app_env):  # noqa: F811
     assert at.title[0].value == "Trace viewer"
 
 
-def test_missing_model_is_explained(app_env, monkeypatch, tmp_path):  # noqa: F811
+def test_missing_model_is_explained(app_env, monkeypatch, tmp_path):
     monkeypatch.setenv("V1STUDIO_MODEL", str(tmp_path / "no-such-model"))
     at = open_run_page()
     assert any("could not be loaded" in e.value for e in at.error)
     assert any("no v1 checkpoint" in c.value for c in at.code)
 
 
-def test_first_start_seeds_demo_traces(app_env, monkeypatch):  # noqa: F811
+def test_first_start_seeds_demo_traces(app_env, monkeypatch):
     store = app_env
     monkeypatch.setenv("V1STUDIO_SEED_TRACES", "1")
     at = app_test()

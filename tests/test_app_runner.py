@@ -9,12 +9,11 @@ import pytest
 
 from app.gallery import SEED_KEYS, gallery, load_gallery_image
 from app.runner import GateBusy, GenerationGate, ModelHandle, prepare_run, save_run
-from tests.test_app_support import app_env, checkpoint_dir  # noqa: F401 (fixtures)
 from v1core.trace import DecodingSettings
 
 
 @pytest.fixture(scope="module")
-def handle(checkpoint_dir):  # noqa: F811
+def handle(checkpoint_dir):
     from v1core.loading import load_model
 
     model, processor = load_model(checkpoint_dir)
@@ -85,7 +84,7 @@ def test_gallery_has_scenes_and_photos():
     assert all(k in {i.key for i in items} for k in SEED_KEYS)
 
 
-def test_prepare_and_save_run(app_env, handle):  # noqa: F811
+def test_prepare_and_save_run(app_env, handle):
     store = app_env
     run = prepare_run(handle, store, load_gallery_image("scene-1"), "What shape is it?",
                       DecodingSettings(max_new_tokens=6), tags=["t"])
@@ -100,7 +99,7 @@ def test_prepare_and_save_run(app_env, handle):  # noqa: F811
         prepare_run(handle, store, load_gallery_image("scene-1"), "   ", DecodingSettings())
 
 
-def test_cancelled_run_is_saved_as_cancelled(app_env, handle):  # noqa: F811
+def test_cancelled_run_is_saved_as_cancelled(app_env, handle):
     store = app_env
     run = prepare_run(handle, store, load_gallery_image("scene-2"), "Where?", DecodingSettings(max_new_tokens=50))
     it = iter(run)
@@ -113,7 +112,7 @@ def test_cancelled_run_is_saved_as_cancelled(app_env, handle):  # noqa: F811
     assert back.status == "cancelled" and 2 <= len(back.steps) < 50
 
 
-def test_seed_demo_traces(app_env, handle, monkeypatch):  # noqa: F811
+def test_seed_demo_traces(app_env, handle, monkeypatch):
     from app import seeding
 
     store = app_env

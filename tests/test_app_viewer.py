@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.test_app_support import (app_env, app_test, build_synthetic_trace,  # noqa: F401
-                                    checkpoint_dir, no_exceptions, synthetic_trace)
+from tests.app_helpers import app_test, no_exceptions
+from tests.builders import build_synthetic_trace
 
 
 def heatmap_meta(at) -> dict:
@@ -33,12 +33,12 @@ def open_viewer(trace=None, step=None):
     return at
 
 
-def test_empty_state(app_env):  # noqa: F811
+def test_empty_state(app_env):
     at = open_viewer()
     assert any("No traces yet" in i.value for i in at.info)
 
 
-def test_opens_latest_trace_and_moves_step(synthetic_trace):  # noqa: F811
+def test_opens_latest_trace_and_moves_step(synthetic_trace):
     at = open_viewer()
     assert at.title[0].value == "Trace viewer"
     assert step_of(at) == 0 and heatmap_meta(at)["step"] == 0
@@ -53,7 +53,7 @@ def test_opens_latest_trace_and_moves_step(synthetic_trace):  # noqa: F811
     assert at.query_params["trace"] == [synthetic_trace.trace_id] or at.query_params["trace"] == synthetic_trace.trace_id
 
 
-def test_revisit_navigation_and_list(synthetic_trace):  # noqa: F811
+def test_revisit_navigation_and_list(synthetic_trace):
     revisits = synthetic_trace.revisits
     assert [(r.start_step, r.end_step) for r in revisits] == [(5, 8), (15, 16)]
     assert len(revisits[0].boxes) == 2  # two separate regions
@@ -75,7 +75,7 @@ def test_revisit_navigation_and_list(synthetic_trace):  # noqa: F811
     assert any("detect" in c and "query" in c for c in captions)
 
 
-def test_token_strip_and_timeline_jump(synthetic_trace):  # noqa: F811
+def test_token_strip_and_timeline_jump(synthetic_trace):
     at = open_viewer()
     strip = at.pills(key="token_strip")
     assert len(strip.options) == len(synthetic_trace.steps)
@@ -85,7 +85,7 @@ def test_token_strip_and_timeline_jump(synthetic_trace):  # noqa: F811
     assert at.pills(key="token_strip").value == 12
 
 
-def test_deep_link_opens_trace_and_step(app_env):  # noqa: F811
+def test_deep_link_opens_trace_and_step(app_env):
     first = build_synthetic_trace(app_env)
     build_synthetic_trace(app_env, key="scene-1", question="Another?")  # newer: would be the default
     at = open_viewer(first, step=7)
@@ -93,7 +93,7 @@ def test_deep_link_opens_trace_and_step(app_env):  # noqa: F811
     assert step_of(at) == 7 and heatmap_meta(at) == {"step": 7, "trace": first.trace_id}
 
 
-def test_play_advances_and_stops_at_the_end(synthetic_trace):  # noqa: F811
+def test_play_advances_and_stops_at_the_end(synthetic_trace):
     at = open_viewer()
     at.select_slider(key="speed").set_value(8.0)
     at.toggle(key="play").set_value(True).run()
@@ -111,7 +111,7 @@ def test_play_advances_and_stops_at_the_end(synthetic_trace):  # noqa: F811
     assert step_of(at) == last
 
 
-def test_switching_trace_resets_step(app_env):  # noqa: F811
+def test_switching_trace_resets_step(app_env):
     a = build_synthetic_trace(app_env)
     b = build_synthetic_trace(app_env, key="scene-1", question="Second?")
     at = open_viewer(a, step=9)
@@ -120,7 +120,7 @@ def test_switching_trace_resets_step(app_env):  # noqa: F811
     assert heatmap_meta(at) == {"step": 0, "trace": b.trace_id}
 
 
-def test_untrusted_text_is_never_html_or_markdown(synthetic_trace):  # noqa: F811
+def test_untrusted_text_is_never_html_or_markdown(synthetic_trace):
     at = open_viewer()
     at.button(key="next_revisit").click().run()
     for el in list(at.markdown) + list(at.caption):
@@ -133,7 +133,7 @@ def test_untrusted_text_is_never_html_or_markdown(synthetic_trace):  # noqa: F81
     assert any("<script>alert(1)</script>" in c.value for c in at.code)
 
 
-def test_missing_trace_id_is_reported(app_env):  # noqa: F811
+def test_missing_trace_id_is_reported(app_env):
     build_synthetic_trace(app_env)
     at = app_test()
     at.query_params["trace"] = "does-not-exist"
@@ -143,7 +143,7 @@ def test_missing_trace_id_is_reported(app_env):  # noqa: F811
 
 
 @pytest.mark.parametrize("scale", ["linear", "log"])
-def test_display_settings(synthetic_trace, scale):  # noqa: F811
+def test_display_settings(synthetic_trace, scale):
     at = open_viewer()
     at.radio(key="scale").set_value(scale)
     at.selectbox(key="colorscale").set_value("Viridis")
@@ -154,7 +154,7 @@ def test_display_settings(synthetic_trace, scale):  # noqa: F811
     assert (heat["zmax"] <= 0) == (scale == "log")
 
 
-def test_trace_without_pointers_still_steps(app_env):  # noqa: F811
+def test_trace_without_pointers_still_steps(app_env):
     t = build_synthetic_trace(app_env)
     for s in t.steps:
         s.pointer = None
@@ -169,7 +169,7 @@ def test_trace_without_pointers_still_steps(app_env):  # noqa: F811
     assert step_of(at) == 15
 
 
-def test_picking_another_trace_in_the_selectbox_sticks(app_env):  # noqa: F811
+def test_picking_another_trace_in_the_selectbox_sticks(app_env):
     a = build_synthetic_trace(app_env)
     b = build_synthetic_trace(app_env, key="scene-1", question="Second?")
     at = open_viewer(a)

@@ -12,9 +12,7 @@ import json
 
 import pytest
 
-from tests.test_app_support import build_synthetic_trace, checkpoint_dir  # noqa: F401
-from tests.test_browser_viewer import (CHROMIUM, browser, browser_checkpoint, button, server,  # noqa: F401
-                                       shot, wait_idle)
+from tests.app_helpers import button, shot, wait_idle
 
 pytestmark = [pytest.mark.browser]
 
@@ -27,7 +25,7 @@ CELL_JS = """([key, cells, w, h, rows, cols]) => {
 }"""
 
 
-def new_page(browser):  # noqa: F811
+def new_page(browser):
     ctx = browser.new_context(viewport={"width": 1440, "height": 1600}, accept_downloads=True)
     pg = ctx.new_page()
     pg.set_default_timeout(60_000)
@@ -84,7 +82,7 @@ def box_select(pg, key: str, trace, top_left: tuple[int, int], bottom_right: tup
     return sorted(r * cols + c for r in range(r0, r1 + 1) for c in range(c0, c1 + 1))
 
 
-def test_annotate_correct_conflict_resolve_review_export(server, browser, tmp_path):  # noqa: F811
+def test_annotate_correct_conflict_resolve_review_export(server, browser, tmp_path):
     store, trace = server["store"], server["synthetic"]
     tid = trace.trace_id
     url = f"{server['url']}/annotate?trace={tid}"

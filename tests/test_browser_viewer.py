@@ -8,19 +8,14 @@ artifacts/screenshots/ (git-ignored) plus the latency numbers in artifacts/bench
 from __future__ import annotations
 
 import json
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.test_app_support import ROOT, build_synthetic_trace, checkpoint_dir, env_for_subprocess  # noqa: F401
+from tests.app_helpers import CHROMIUM, ROOT, button, shot, wait_idle
 
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "artifacts" / "screenshots"
 BENCH = ROOT / "artifacts" / "benchmarks"
 STEP_TARGET_MS = 500.0
 
@@ -30,104 +25,6 @@ pytestmark = [
                        reason=f"{CHROMIUM} is absent: install Debian's chromium (`apt-get install -y chromium`, "
                               "or `make browser-deps`) to run the browser tests"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def browser_checkpoint(tmp_path_factory):
-    """The random fixture model: it decodes until max_new_tokens, so Stop is clickable mid-run (the trained
-    demo model answers in about a second, too fast to stop); the UI under test does not depend on the model."""
-    from tests.helpers import make_fixture_checkpoint
-
-    return make_fixture_checkpoint(tmp_path_factory.mktemp("browser_ckpt"))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, browser_checkpoint):  # noqa: F811
-    from storage import Store
-
-    tmp = tmp_path_factory.mktemp("browser")
-    db_url = f"sqlite:///{tmp / 'v1studio.db'}"
-    store = Store(db_url)
-    synthetic = build_synthetic_trace(store)  # a trace with known revisits, whatever the model does
-    port = _free_port()
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env_for_subprocess(db_url, browser_checkpoint), stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    import urllib.request
-
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            log.close()
-            raise RuntimeError("streamlit did not start:\n" + (tmp / "server.log").read_text()[-3000:])
-        time.sleep(0.3)
-    yield {"url": url, "store": store, "synthetic": synthetic, "log": tmp / "server.log"}
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
-        )
-        yield b
-        b.close()
-
-
-@pytest.fixture()
-def page(browser):
-    ctx = browser.new_context(viewport={"width": 1440, "height": 1500})
-    pg = ctx.new_page()
-    pg.set_default_timeout(60_000)
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    ctx.close()
-    assert not errors, errors
-
-
-# ----------------------------------------------------------------------------- helpers
-def wait_idle(pg, settle: float = 0.4) -> None:
-    """Until Streamlit's "running" indicator is gone and stays gone for `settle` seconds."""
-    running = "document.querySelector('[data-testid^=stStatusWidgetRunning]')"
-    end = time.time() + 120
-    while time.time() < end:
-        pg.wait_for_function(f"() => !{running}", timeout=120_000)
-        time.sleep(settle)
-        if pg.evaluate(f"() => !{running}"):
-            return
-    raise TimeoutError("the app kept running")
-
-
-def button(pg, key: str):
-    """The visible button of a keyed st.button (a button with `help` is rendered twice, one copy hidden)."""
-    return pg.locator(f".st-key-{key} button:visible").first
 
 
 HEATMAP_STEP_JS = """() => {
@@ -142,13 +39,6 @@ def heatmap_step(pg) -> int | None:
 
 def wait_heatmap_step(pg, step: int, timeout: float = 30_000) -> None:
     pg.wait_for_function(f"() => ({HEATMAP_STEP_JS})() === {int(step)}", timeout=timeout, polling="raf")
-
-
-def shot(pg, name: str) -> Path:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    path = SHOTS / name
-    pg.screenshot(path=str(path))
-    return path
 
 
 def open_settings(pg, max_new: int, sampling: bool) -> None:

@@ -20,7 +20,7 @@ from storage import (
     TraceNotFound,
 )
 from storage.agreement import compute_agreement, find_disagreements
-from tests.conftest_storage import big_trace, db_url, make_trace, png_bytes, sqlite_store, store  # noqa: F401
+from tests.builders import big_trace, make_trace, png_bytes
 
 TWO = (("triangle", (100, 120, 220, 230)), ("circle", (300, 300, 400, 420)))
 

@@ -13,7 +13,7 @@ import pytest
 from storage import AddedRevisit, Annotation, RevisitLabel
 from storage.export import cells_box, export_hf, export_labelstudio, export_traces, export_v1g
 from storage.importer import import_path
-from tests.conftest_storage import COPY0, db_url, grid_for, make_trace, png_bytes, sqlite_store, store  # noqa: F401
+from tests.builders import COPY0, grid_for, make_trace, png_bytes
 from v1core.demo.targets import expand_v1g_assistant
 from v1core.trace import COPY_RE, parse_detect_spans
 

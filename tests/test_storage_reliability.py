@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from storage import Annotation, Store, TraceNotFound
-from tests.conftest_storage import db_url, make_trace, new_pg_database, sqlite_store, store  # noqa: F401
+from tests.builders import make_trace
+from tests.postgres import new_pg_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,7 +107,7 @@ def test_concurrent_saves_on_postgresql():
 KILLED = textwrap.dedent("""
     import sys, time
     import storage.store as st
-    from tests.conftest_storage import big_trace
+    from tests.builders import big_trace
     url, trace_id = sys.argv[1], sys.argv[2]
     store = st.Store(url)
     original = st.Transaction.write_trace
@@ -162,7 +163,7 @@ def test_writer_killed_mid_transaction_leaves_no_partial_trace(db_url):
 LOOPER = textwrap.dedent("""
     import sys
     from storage import Annotation, Store
-    from tests.conftest_storage import big_trace
+    from tests.builders import big_trace
     store = Store(sys.argv[1])
     print("READY", flush=True)
     i = 0

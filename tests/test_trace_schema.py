@@ -7,20 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from v1core.trace import DecodingSettings, Step, Trace, copy_runs, parse_detect_spans, pointers_from_bytes, pointers_to_bytes
-
-
-def make_trace(texts_ids, grid=(4, 5), image_size=(140, 112)) -> Trace:
-    rng = np.random.default_rng(0)
-    steps = []
-    for i, (text, tid) in enumerate(texts_ids):
-        p = rng.random(grid).astype(np.float32)
-        is_copy = tid >= 1000
-        steps.append(Step(index=i, token_id=tid, text=text, is_copy=is_copy, patch=tid - 1000 if is_copy else None,
-                          p_copy=0.5, entropy=1.0, pointer=p / p.sum()))
-    return Trace(model_id="m", image_sha256="ab" * 32, image_size=image_size, resized_size=(140, 112), grid=grid,
-                 question="q?", steps=steps, output_text="".join(t for t, _ in texts_ids),
-                 settings=DecodingSettings(max_new_tokens=9))
+from tests.builders import trace_from_texts
+from v1core.trace import Trace, copy_runs, parse_detect_spans, pointers_from_bytes, pointers_to_bytes
 
 
 DETECT = [('<think>look detect(query="red \\"ball\\"", objects=["<obj0><region>[0.0, 0.0, 0.4, 0.5]', 1),
@@ -29,7 +17,7 @@ DETECT = [('<think>look detect(query="red \\"ball\\"", objects=["<obj0><region>[
 
 
 def test_round_trip_json_with_float16_pointers():
-    tr = make_trace(DETECT)
+    tr = trace_from_texts(DETECT)
     d = json.loads(json.dumps(tr.to_dict()))
     back = Trace.from_dict(d)
     assert back.to_dict() == d  # stable after one quantisation
@@ -40,7 +28,7 @@ def test_round_trip_json_with_float16_pointers():
 
 
 def test_revisits_are_runs_with_separate_boxes_and_detect_context():
-    tr = make_trace(DETECT)
+    tr = trace_from_texts(DETECT)
     assert copy_runs(tr.steps) == [(1, 4), (5, 6)]
     first, second = tr.revisits
     assert first.patches == [0, 1, 3]
@@ -64,7 +52,7 @@ def test_bad_input_gets_clear_errors():
 
 
 def test_finish_strips_trailing_end_of_sequence_ids_and_settles_the_status():
-    tr = make_trace([("a", 1), ("b", 2), ("<eos>", 7), ("<end>", 8)])
+    tr = trace_from_texts([("a", 1), ("b", 2), ("<eos>", 7), ("<end>", 8)])
     tr.status = "running"
     decoded: list[list[int]] = []
 
@@ -75,12 +63,12 @@ def test_finish_strips_trailing_end_of_sequence_ids_and_settles_the_status():
     assert tr.finish(decode, [8, 7], timings={"total_s": 1.5}) is tr
     assert decoded == [[1, 2]] and tr.output_text == "1|2"  # every trailing eos id, whichever it is
     assert tr.status == "complete" and tr.timings == {"total_s": 1.5}
-    mid = make_trace([("a", 7), ("b", 2)])
+    mid = trace_from_texts([("a", 7), ("b", 2)])
     mid.status = "running"
     mid.finish(decode, [7], cancelled=True)
     assert mid.output_text == "7|2" and mid.status == "cancelled"  # only trailing ids are dropped
     assert mid.timings == {}  # untouched without timings
-    failed = make_trace([("a", 1)])
+    failed = trace_from_texts([("a", 1)])
     failed.status = "failed"
     failed.finish(decode, [])
     assert failed.status == "failed" and failed.output_text == "1"
