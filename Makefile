@@ -6,7 +6,7 @@ PORT ?= 8501
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test install install-test browser-deps bench clean
+.PHONY: run test lint install install-test browser-deps bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,7 +39,11 @@ browser-deps:
 run: install
 	$(BIN)/v1studio serve --port $(PORT)
 
-test: install-test
+# Lint first: a ruff finding fails `make test` (and CI) before the suite runs. Rules: [tool.ruff] in pyproject.toml.
+lint: install-test
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: install

@@ -11,7 +11,7 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `app`, `v1core`, `storage` without installing
 
-from app import resources  # noqa: E402
+from app import resources
 
 
 PAGES = [

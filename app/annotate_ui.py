@@ -48,7 +48,7 @@ def copy_ids(patches: list[int] | None) -> str:
 
 
 @st.cache_data(show_spinner=False, max_entries=2048)
-def _uncertainty(url: str, trace_id: str) -> float:
+def uncertainty(url: str, trace_id: str) -> float:
     """Higher = more worth a look: mean pointer entropy (normalised by log #patches) plus 1 − mean p_copy
     at the revisits' copy steps."""
     trace = resources.load_trace(trace_id)
@@ -72,7 +72,7 @@ def queue(store: Any, me: str, *, model: str | None, tag: str | None, verdict: s
                              limit=300)
     if order == "uncertainty":
         url = resources.store_url()
-        rows = sorted(rows, key=lambda r: -_uncertainty(url, r.trace_id))
+        rows = sorted(rows, key=lambda r: -uncertainty(url, r.trace_id))
     mine = set(st.session_state.get("_annot_mine", set()))
     todo = [r.trace_id for r in rows if (r.annotator or "") != me and r.trace_id not in mine]
     return rows, todo

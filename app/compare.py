@@ -202,7 +202,8 @@ def compare_pointer_series(
     return out
 
 
-def revisit_iou_table(regions_a: Sequence[Iterable[int]], regions_b: Sequence[Iterable[int]]) -> list[dict[str, float | int]]:
+def revisit_iou_table(regions_a: Sequence[Iterable[int]], regions_b: Sequence[Iterable[int]]
+                      ) -> list[dict[str, float | int]]:
     """IoU of the k-th revisit region of A with the k-th of B (pairs by order; unmatched ones get IoU 0),
     plus, for each revisit of A, its best IoU with any revisit of B."""
     ra = [set(int(k) for k in r) for r in regions_a]
@@ -213,7 +214,8 @@ def revisit_iou_table(regions_a: Sequence[Iterable[int]], regions_b: Sequence[It
         b = rb[i] if i < len(rb) else set()
         paired = region_iou(a, b) if (i < len(ra) and i < len(rb)) else 0.0
         best = max((region_iou(a, x) for x in rb), default=0.0) if i < len(ra) else float("nan")
-        rows.append({"revisit": i + 1, "patches A": len(a), "patches B": len(b), "IoU (k-th)": paired, "best IoU": best})
+        rows.append({"revisit": i + 1, "patches A": len(a), "patches B": len(b), "IoU (k-th)": paired,
+                     "best IoU": best})
     return rows
 
 

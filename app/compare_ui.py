@@ -95,7 +95,8 @@ def _diff_panel(col: Any, trace: Any, p: np.ndarray, q: np.ndarray, key: str, re
 
 def _metrics_row(m: compare.PointerComparison) -> None:
     c = st.columns(4 if m.mass_a is None else 6)
-    c[0].metric("JS divergence", f"{m.js_bits:.3f} bits", help="Jensen–Shannon divergence of the two pointers, 0–1 bits")
+    c[0].metric("JS divergence", f"{m.js_bits:.3f} bits",
+                help="Jensen–Shannon divergence of the two pointers, 0–1 bits")
     c[1].metric("entropy A", f"{m.entropy_a:.2f} nats")
     c[2].metric("entropy B", f"{m.entropy_b:.2f} nats")
     c[3].metric("argmax distance", f"{m.argmax_distance:.1f} patches")
@@ -171,7 +172,8 @@ def _two_traces(a_id: str, b_id: str, style: HeatmapStyle) -> None:
                f"{len(tb.steps)} steps · aligned by step index")
     n = min(len(ta.steps), len(tb.steps))
     same_grid = tuple(ta.grid) == tuple(tb.grid)
-    parent, child = (ta, tb) if tb.parent_id == ta.trace_id else (tb, ta) if ta.parent_id == tb.trace_id else (None, None)
+    parent, child = ((ta, tb) if tb.parent_id == ta.trace_id else
+                     (tb, ta) if ta.parent_id == tb.trace_id else (None, None))
     default_step = 0
     if parent is not None:  # a re-decoded branch: where it diverges and whether the answer changed
         from app.runner import answer_diff
@@ -224,7 +226,8 @@ def _region_mode(trace: Any, style: HeatmapStyle) -> None:
         region, label = list(revisits[k].patches), f"R{k + 1}"
     elif source == "Patch ids":
         text = st.text_input("Patch ids", key="region_ids", placeholder="e.g. 12, 13, 28-30",
-                             help=f"ids 0..{trace.n_patches - 1}, row-major over the {trace.grid[0]}×{trace.grid[1]} grid")
+                             help=f"ids 0..{trace.n_patches - 1}, row-major over the "
+                                  f"{trace.grid[0]}×{trace.grid[1]} grid")
         try:
             region = compare.parse_patch_ids(text, trace.n_patches)
         except ValueError as exc:
@@ -263,7 +266,8 @@ def render_pointer_vs_region(trace: Any, region: Sequence[int], label: str = "re
     annotated region's patch ids)."""
     style = style or HeatmapStyle()
     if not region:
-        st.info("Choose a region (a revisit, patch ids, or pick patches on the grid) to measure the pointer against it.")
+        st.info("Choose a region (a revisit, patch ids, or pick patches on the grid) to measure the pointer "
+                "against it.")
         return
     st.fragment(_region_view)(trace.trace_id, tuple(int(k) for k in region), label, style)
 

@@ -368,7 +368,8 @@ def patch_picker_figure(
     layout["dragmode"] = "select"
     path = "".join(f"M{c * cw:.2f},0L{c * cw:.2f},{h:.2f}" for c in range(1, cols))
     path += "".join(f"M0,{r * ch:.2f}L{w:.2f},{r * ch:.2f}" for r in range(1, rows))
-    layout["shapes"] = [{"type": "path", "path": path, "line": {"color": "rgba(255,255,255,0.45)", "width": 1}}] if path else []
+    grid_line = {"color": "rgba(255,255,255,0.45)", "width": 1}
+    layout["shapes"] = [{"type": "path", "path": path, "line": grid_line}] if path else []
     mask = np.full((rows, cols), np.nan, dtype=np.float32)
     if sel:
         flat = mask.ravel()
@@ -410,7 +411,8 @@ def timeline_figure(
         go.Scatter(x=x, y=pc, name="p_copy", mode="lines+markers", line={"color": "#1f77b4", "width": 2},
                    marker={"size": 4}, hovertemplate="step %{x}<br>p_copy %{y:.3f}<extra></extra>"),
         go.Scatter(x=x, y=ent, name="entropy (nats)", mode="lines", yaxis="y2",
-                   line={"color": "#ff7f0e", "width": 1.5}, hovertemplate="step %{x}<br>H %{y:.2f} nats<extra></extra>"),
+                   line={"color": "#ff7f0e", "width": 1.5},
+                   hovertemplate="step %{x}<br>H %{y:.2f} nats<extra></extra>"),
     ]
     for name, series in (extra_series or {}).items():
         data.append(go.Scatter(x=x[: len(series)], y=np.asarray(series, dtype=np.float32), name=plotly_escape(name),

@@ -14,6 +14,7 @@ from typing import Any
 import streamlit as st
 
 from . import resources, state
+from .annotate_ui import open_in_annotate
 from .safe_text import md_escape, shorten
 
 STATUSES = ["", "complete", "running", "failed", "cancelled"]

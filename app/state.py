@@ -57,7 +57,7 @@ def auth_configured() -> bool:
     OIDC login (`st.login`) instead of a typed name."""
     try:
         return bool(st.secrets.get("auth"))
-    except Exception:  # no secrets file at all (the default): typed names
+    except Exception:  # noqa: BLE001 - no secrets file at all (the default; Streamlit's own error types): typed names
         return False
 
 
@@ -66,7 +66,7 @@ def _configured_reviewers() -> set[str]:
     try:
         section = st.secrets.get("v1studio") or {}
         return {str(x).strip().lower() for x in section.get("reviewers", [])}
-    except Exception:
+    except Exception:  # noqa: BLE001 - no or unreadable secrets file: nobody is promoted
         return set()
 
 

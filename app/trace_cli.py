@@ -45,7 +45,8 @@ class StoreSink:
 
 
 def trace_cmd(
-    source: Path = typer.Argument(..., help="JSONL of {image, question}, a folder of images, a parquet/arrow dataset, or v1g rows"),
+    source: Path = typer.Argument(..., help="JSONL of {image, question}, a folder of images, a parquet/arrow "
+                                            "dataset, or v1g rows"),
     out: Optional[Path] = typer.Option(None, help="write JSONL shards into this folder (default: the store)"),
     db: Optional[str] = typer.Option(None, help="store URL (default $V1STUDIO_DB or ./data/v1studio.db)"),
     question: Optional[str] = typer.Option(None, help="one question for every image (folders; overrides rows)"),
@@ -62,7 +63,8 @@ def trace_cmd(
     max_prompt_tokens: int = typer.Option(16384, help="items whose prompt is longer are skipped and reported"),
     limit: Optional[int] = typer.Option(None, help="only the first N items"),
 ) -> None:
-    """Trace a dataset, resumably: an item already traced with the same image, question, settings and model is skipped."""
+    """Trace a dataset, resumably: an item already traced with the same image, question, settings and model is
+    skipped."""
     from itertools import islice
 
     from v1core.loading import load_model
@@ -83,12 +85,17 @@ def trace_cmd(
         sink = JsonlShardSink(out, rank, world) if out else StoreSink(db)
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
-    log = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+        raise typer.Exit(2) from None
+
+    def log(msg: str) -> None:
+        typer.echo(msg, err=True)
+
     try:
+        n = count_items(source)
+        total = min(limit, n) if limit and n else (limit or n)
         summary = trace_batch(m, p, items, settings, sink, batch_size=batch_size, rank=rank, world=world,
                               max_prompt_tokens=max_prompt_tokens, progress=sys.stderr.isatty(), log=log,
-                              total=min(limit, n) if limit and (n := count_items(source)) else (limit or count_items(source)))
+                              total=total)
     finally:
         sink.close()
     if out:

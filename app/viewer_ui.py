@@ -63,7 +63,8 @@ def render() -> None:
     style = heatmap_style_controls()
     with st.sidebar:
         st.radio("Revisit boxes", ["current", "all", "none"], horizontal=True, key=REGIONS_KEY,
-                 help="draw the regions (one box per connected group of patches) of the revisit at this step, of all revisits, or none")
+                 help="draw the regions (one box per connected group of patches) of the revisit at this step, "
+                      "of all revisits, or none")
         state.annotator_input(st.sidebar)
 
     # play / speed live outside the fragment: toggling them reruns the page so `run_every` can change
@@ -233,7 +234,8 @@ def _revisit_list(revisits: list) -> None:
                 top = st.columns([5, 2], vertical_alignment="center")
                 regions = f"{len(rv.boxes)} region{'s' if len(rv.boxes) != 1 else ''}"
                 n_p = len(set(rv.patches))
-                top[0].markdown(f"**R{i + 1}** · {_steps_label(rv)} · {n_p} patch{'es' if n_p != 1 else ''} · {regions}")
+                patches = f"{n_p} patch{'es' if n_p != 1 else ''}"
+                top[0].markdown(f"**R{i + 1}** · {_steps_label(rv)} · {patches} · {regions}")
                 top[1].button("Jump", key=f"revisit_{i}", on_click=_go, args=(rv.start_step,), width="stretch")
                 if rv.query is not None or rv.object_name:
                     q = f'detect(query="{rv.query}")' if rv.query is not None else ""

@@ -15,11 +15,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from v1core.batch import JsonlShardSink, TraceItem, trace_batch  # noqa: E402
-from v1core.demo.scenes import eval_seeds, make_scene  # noqa: E402
-from v1core.images import image_sha256  # noqa: E402
-from v1core.loading import load_model  # noqa: E402
-from v1core.trace import DecodingSettings  # noqa: E402
+from v1core.batch import JsonlShardSink, TraceItem, trace_batch
+from v1core.demo.scenes import eval_seeds, make_scene
+from v1core.images import image_sha256
+from v1core.loading import load_model
+from v1core.trace import DecodingSettings
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
             summary = trace_batch(model, proc, items, settings, sink, batch_size=bs, progress=False, log=lambda m: None)
             sink.close()
             res[bs] = {"seconds": round(time.perf_counter() - t, 2), "done": summary.done, "tokens": summary.tokens}
-    for bs, r in res.items():
+    for r in res.values():
         r["traces_per_min"] = round(60 * r["done"] / r["seconds"], 1)
     ratio = round(res[8]["traces_per_min"] / res[1]["traces_per_min"], 2)
     print(f"demo model, CPU, {args.n} scenes: batch 1 {res[1]['traces_per_min']} traces/min, "

@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from tracing_overhead import make_model, make_processor  # noqa: E402
-from v1core.generation import TraceRun, generate_trace  # noqa: E402
-from v1core.intervene import BranchEdit, BranchRun, PromptState  # noqa: E402
-from v1core.trace import DecodingSettings  # noqa: E402
+from tracing_overhead import make_model, make_processor
+from v1core.generation import TraceRun, generate_trace
+from v1core.intervene import BranchEdit, BranchRun, PromptState
+from v1core.trace import DecodingSettings
 
 
 def main() -> None:
@@ -53,7 +53,8 @@ def main() -> None:
         return time.perf_counter() - t
 
     # reference: a cache that already holds prompt + the branch's forced prefix, then decode `remaining` tokens
-    prefix = [s.token_id for s in parent.steps[: args.branch_step]] + [processor.copy_token_start + p for p in edit.patches]
+    prefix = [s.token_id for s in parent.steps[: args.branch_step]]
+    prefix += [processor.copy_token_start + p for p in edit.patches]
     full = torch.tensor([state.inputs["input_ids"][0].tolist() + prefix])
     warm = copy.deepcopy(state.cache)
     model.model.rope_deltas = state.rope_deltas

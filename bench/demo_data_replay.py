@@ -20,10 +20,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from v1core.demo.train_demo import (  # noqa: E402
+from v1core.demo.train_demo import (
     Auxiliaries, CellProbes, FactWordLoss, FirstCopyLoss, demo_examples, fact_trigger_ids, new_demo_model,
 )
-from v1core.training import collate, linear_patch_embedding  # noqa: E402
+from v1core.training import collate, linear_patch_embedding
 
 
 def main() -> None:
@@ -54,10 +54,12 @@ def main() -> None:
                 if i > 0:  # the first round warms up both
                     data[name].append(t1 - t0)
                     step[name].append(time.perf_counter() - t0)
-    res = {k: {"data_s": round(statistics.mean(data[k]), 3), "step_s": round(statistics.mean(step[k]), 3)} for k in streams}
+    res = {k: {"data_s": round(statistics.mean(data[k]), 3), "step_s": round(statistics.mean(step[k]), 3)}
+           for k in streams}
     ratio = res["fresh"]["step_s"] / res["replay2"]["step_s"]
-    print(f"demo training step, batch 8: fresh scenes {res['fresh']['step_s']:.3f} s (data {res['fresh']['data_s']:.3f} s), "
-          f"each scene twice {res['replay2']['step_s']:.3f} s (data {res['replay2']['data_s']:.3f} s) → ×{ratio:.2f} steps/min")
+    fresh, twice = res["fresh"], res["replay2"]
+    print(f"demo training step, batch 8: fresh scenes {fresh['step_s']:.3f} s (data {fresh['data_s']:.3f} s), "
+          f"each scene twice {twice['step_s']:.3f} s (data {twice['data_s']:.3f} s) → ×{ratio:.2f} steps/min")
     print(json.dumps({"machine": f"{platform.machine()} threads={torch.get_num_threads()} torch={torch.__version__}",
                       "steps": args.steps, **res, "steps_per_min_ratio": round(ratio, 2)}))
 

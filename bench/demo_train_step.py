@@ -20,9 +20,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from v1core.demo.scenes import make_scene  # noqa: E402
-from v1core.demo.train_demo import new_demo_model, scene_example  # noqa: E402
-from v1core.training import collate, linear_patch_embedding  # noqa: E402
+from v1core.demo.scenes import make_scene
+from v1core.demo.train_demo import new_demo_model, scene_example
+from v1core.training import collate, linear_patch_embedding
 
 
 def main() -> None:
@@ -32,8 +32,9 @@ def main() -> None:
     args = ap.parse_args()
     model, proc = new_demo_model(seed=0)
     model.train()
-    batches = [collate([scene_example(proc, make_scene(s)) for s in range(i * args.batch_size, (i + 1) * args.batch_size)],
-                       proc.tokenizer.pad_token_id) for i in range(args.steps)]
+    seeds = [range(i * args.batch_size, (i + 1) * args.batch_size) for i in range(args.steps)]
+    batches = [collate([scene_example(proc, make_scene(s)) for s in batch_seeds], proc.tokenizer.pad_token_id)
+               for batch_seeds in seeds]
     times: dict[str, list[float]] = {"conv3d": [], "linear": []}
     for i, batch in enumerate(batches):
         for name in ("conv3d", "linear"):  # interleaved so drift hits both

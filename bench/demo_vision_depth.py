@@ -21,8 +21,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from v1core.demo import train_demo  # noqa: E402
-from v1core.training import collate, linear_patch_embedding  # noqa: E402
+from v1core.demo import train_demo
+from v1core.training import collate, linear_patch_embedding
 
 THREE_BLOCKS = dict(depth=3, fullatt_block_indexes=[2])  # the tower before 2026-11-29
 

@@ -16,12 +16,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from v1core.demo.scenes import eval_seeds, make_scene  # noqa: E402
-from v1core.demo.train_demo import _answer_of  # noqa: E402
-from v1core.generation import TraceRun  # noqa: E402
-from v1core.intervene import BranchEdit, BranchRun, PromptState  # noqa: E402
-from v1core.loading import load_model  # noqa: E402
-from v1core.trace import DecodingSettings  # noqa: E402
+from v1core.demo.scenes import eval_seeds, make_scene
+from v1core.demo.train_demo import _answer_of
+from v1core.generation import TraceRun
+from v1core.intervene import BranchEdit, BranchRun, PromptState
+from v1core.loading import load_model
+from v1core.trace import DecodingSettings
 
 
 def measure(n: int = 60, start: int = 200_000) -> dict:
@@ -47,8 +47,8 @@ def measure(n: int = 60, start: int = 200_000) -> dict:
                   if attribute and i not in scene.targets and getattr(o, attribute) != scene.answer]
         if others:
             other = others[0]
-            moved = BranchRun(model, proc, scene.image, trace,
-                              BranchEdit("replace", revisit=0, patches=grid.bbox_to_patches(other.box)), state=state).run()
+            edit = BranchEdit("replace", revisit=0, patches=grid.bbox_to_patches(other.box))
+            moved = BranchRun(model, proc, scene.image, trace, edit, state=state).run()
             res["redirected"] += 1
             res["answer_followed"] += _answer_of(moved.output_text) == getattr(other, attribute)
         rv = trace.revisits[0]
@@ -68,7 +68,8 @@ def measure(n: int = 60, start: int = 200_000) -> dict:
         "answer_accuracy_first_revisit_removed": round(res["acc_removed"] / n, 3),
         "scenes_with_wrong_first_pointer": res["wrong_pointer"],
         "right_answer_after_forcing_right_patches": round(res["fixed_by_replace"] / max(1, res["wrong_pointer"]), 3),
-        "wrong_answers_turned_right_by_forcing": f"{res['fixed_answer_when_wrong']}/{res['wrong_pointer_and_wrong_answer']}",
+        "wrong_answers_turned_right_by_forcing":
+            f"{res['fixed_answer_when_wrong']}/{res['wrong_pointer_and_wrong_answer']}",
         "redirected_revisits": res["redirected"],
         "answer_followed_the_redirected_revisit": round(res["answer_followed"] / max(1, res["redirected"]), 3),
     }

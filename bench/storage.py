@@ -24,12 +24,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from storage import Annotation, AnnotationRecord, RevisitLabel, Store  # noqa: E402 - after the sys.path line
-from storage.codec import now_iso  # noqa: E402 - after the sys.path line
-from storage.export import export_hf, export_traces, export_v1g  # noqa: E402 - after the sys.path line
-from v1core.copy_tokens import COPY_TOKEN_START  # noqa: E402
-from v1core.geometry import PatchGrid  # noqa: E402
-from v1core.trace import Step, Trace  # noqa: E402
+from storage import Annotation, AnnotationRecord, RevisitLabel, Store
+from storage.codec import now_iso
+from storage.export import export_hf, export_traces, export_v1g
+from v1core.copy_tokens import COPY_TOKEN_START
+from v1core.geometry import PatchGrid
+from v1core.trace import Step, Trace
 
 COPY0 = COPY_TOKEN_START
 

@@ -24,12 +24,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import fixture_tokenizer  # noqa: E402
-from v1core.configuration_v1 import V1Config  # noqa: E402
-from v1core.copy_tokens import COPY_TOKEN_START  # noqa: E402
-from v1core.generation import generate_trace, generate_traces  # noqa: E402
-from v1core.modeling_v1 import V1ForConditionalGeneration  # noqa: E402
-from v1core.processing_v1 import V1Processor  # noqa: E402
+from tests.helpers import fixture_tokenizer
+from v1core.configuration_v1 import V1Config
+from v1core.copy_tokens import COPY_TOKEN_START
+from v1core.generation import generate_trace, generate_traces
+from v1core.modeling_v1 import V1ForConditionalGeneration
+from v1core.processing_v1 import V1Processor
 
 SHAPES = {
     # hidden, layers, heads, kv, intermediate, vision (hidden, depth, heads)
@@ -50,8 +50,9 @@ def make_model(shape: str, text_vocab: int, copy_start: int, device: str, dtype:
         vocab_size=text_vocab, copy_token_start=copy_start, copy_token_num=30000, region_token_id=910,
         image_token_id=902, video_token_id=903, vision_start_token_id=900, vision_end_token_id=901,
         rope_scaling={"type": "mrope", "mrope_section": section}, bos_token_id=906, eos_token_id=905,
-        vision_config=dict(depth=vd, hidden_size=vh, num_heads=vheads, intermediate_size=vh * 2, out_hidden_size=s["hidden_size"],
-                           fullatt_block_indexes=[vd - 1], window_size=112, tokens_per_second=2),
+        vision_config=dict(depth=vd, hidden_size=vh, num_heads=vheads, intermediate_size=vh * 2,
+                           out_hidden_size=s["hidden_size"], fullatt_block_indexes=[vd - 1], window_size=112,
+                           tokens_per_second=2),
         **s,
     )
     torch.manual_seed(0)
@@ -82,18 +83,24 @@ def bench_time(shape: str, device: str, dtype: torch.dtype, repeats: int, new_to
             torch.cuda.synchronize()
 
     def plain() -> float:
-        sync(); t = time.perf_counter()
+        sync()
+        t = time.perf_counter()
         with torch.inference_mode():
             model.generate(**inputs, **kw)
-        sync(); return time.perf_counter() - t
-
-    def traced(threaded: bool = False) -> float:
-        sync(); t = time.perf_counter()
-        steps = [s for _, s in generate_traces(model, inputs, processor, threaded=threaded, **kw)]
-        sync(); assert len(steps) == new_tokens
+        sync()
         return time.perf_counter() - t
 
-    plain(); traced(); traced(True)  # warm-up
+    def traced(threaded: bool = False) -> float:
+        sync()
+        t = time.perf_counter()
+        steps = [s for _, s in generate_traces(model, inputs, processor, threaded=threaded, **kw)]
+        sync()
+        assert len(steps) == new_tokens
+        return time.perf_counter() - t
+
+    plain()  # warm-up
+    traced()
+    traced(True)
     plain_t, traced_t, thread_t = [], [], []
     for _ in range(repeats):  # interleaved so drift hits all three
         plain_t.append(plain())
@@ -120,7 +127,8 @@ def bench_memory(new_tokens: int) -> dict:
     steps = list(generate_trace(model, inputs, processor, **kw))
     step_bytes = 0
     for s in steps:
-        step_bytes += s.pointer.nbytes + 8 * 3 + 8 * len(s.topk_ids) * 2 + sum(len(t) for t in s.topk_texts) + len(s.text)
+        step_bytes += (s.pointer.nbytes + 8 * 3 + 8 * len(s.topk_ids) * 2 + sum(len(t) for t in s.topk_texts)
+                       + len(s.text))
     return {"output_width": width, "new_tokens": new_tokens, "output_logits_bytes": logits_bytes,
             "trace_bytes": step_bytes, "ratio": round(logits_bytes / step_bytes, 1), "target_ratio": 50}
 
@@ -140,7 +148,8 @@ def main() -> None:
     res = {"time": bench_time(args.shape, args.device, dtype, args.repeats, args.new_tokens)}
     t = res["time"]
     print(f"(a) tracing overhead [{t['shape']}, {t['patches']} patches, {t['new_tokens']} tokens, {t['dtype']}]: "
-          f"generate {t['plain_s']}s, generate_trace {t['traced_s']}s → ratio {t['ratio']} (target ≤ {t['target_ratio']}); "
+          f"generate {t['plain_s']}s, generate_trace {t['traced_s']}s → ratio {t['ratio']} "
+          f"(target ≤ {t['target_ratio']}); "
           f"with the worker-thread driver {t['traced_thread_s']}s → {t['thread_ratio']}")
     if not args.skip_memory:
         res["memory"] = m = bench_memory(min(args.new_tokens, 128))

@@ -147,7 +147,8 @@ def find_disagreements(
             "lowest_iou": min(ious) if ious else None,
             "settled": tid in settled,
         })
-    out.sort(key=lambda d: (not d["verdict_disagree"], 1.0 if d["lowest_iou"] is None else d["lowest_iou"], d["trace_id"]))
+    out.sort(key=lambda d: (not d["verdict_disagree"], 1.0 if d["lowest_iou"] is None else d["lowest_iou"],
+                            d["trace_id"]))
     return out
 
 
@@ -169,7 +170,8 @@ def compute_agreement(store: "Store", annotators: Sequence[str] | None = None, *
             if x.verdict is not None and y.verdict is not None:
                 vpairs.append((x.verdict, y.verdict))
             grid, model = geom[tid]
-            for idx in sorted({lab.revisit_index for lab in x.revisit_labels} | {lab.revisit_index for lab in y.revisit_labels}):
+            labelled = {lab.revisit_index for lab in x.revisit_labels} | {lab.revisit_index for lab in y.revisit_labels}
+            for idx in sorted(labelled):
                 la, lb = x.label_for(idx), y.label_for(idx)
                 if la is None or lb is None or "wrong_region" not in (la.label, lb.label):
                     continue

@@ -118,7 +118,7 @@ def _export(kind: str, out: Path, db: Optional[str], **kw) -> None:
             report = fn(store, out, progress=sys.stderr.isatty(), **kw)
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
     finally:
         store.close()
     for line in report.skipped:
@@ -138,7 +138,8 @@ _DB = typer.Option(None, "--db", help=DB_HELP)
 def export_v1g_cmd(out: Path = typer.Argument(..., help="output .jsonl"), verdict: Optional[List[str]] = _VERDICT,
                    annotator: Optional[str] = _ANNOTATOR, tag: Optional[str] = _TAG, only_corrected: bool = _ONLY,
                    model: Optional[str] = _MODEL,
-                   images: str = typer.Option("path", help="path (files in images/ next to OUT) | embed (base64) | none"),
+                   images: str = typer.Option("path",
+                                              help="path (files in images/ next to OUT) | embed (base64) | none"),
                    db: Optional[str] = _DB) -> None:
     """v1g JSONL rows (conversation with <objN> keys + region boxes) that v1's training collate reads."""
     _export("v1g", out, db, verdict=verdict or None, annotator=annotator, tag=tag, only_corrected=only_corrected,
@@ -159,7 +160,8 @@ def export_hf_cmd(out: Path = typer.Argument(..., help="output folder (train-NNN
 @export_app.command("traces")
 def export_traces_cmd(out: Path = typer.Argument(..., help="output .jsonl"),
                       verdict: Optional[List[str]] = _VERDICT, tag: Optional[str] = _TAG, model: Optional[str] = _MODEL,
-                      status: Optional[List[str]] = typer.Option(None, "--status", help="running/complete/failed/cancelled"),
+                      status: Optional[List[str]] = typer.Option(None, "--status",
+                                                                 help="running/complete/failed/cancelled"),
                       images: str = typer.Option("none", help="none | path | embed"),
                       db: Optional[str] = _DB) -> None:
     """Full traces (float16 pointers) with annotation history; `v1studio import` reads them back."""
@@ -195,7 +197,7 @@ def import_cmd(
                                        progress=sys.stderr.isatty())
         except (FileNotFoundError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
     finally:
         store.close()
     for err in report.errors:

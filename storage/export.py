@@ -223,7 +223,8 @@ def _num_tokens(row: "TraceRow", rec: AnnotationRecord) -> int:
 # ----------------------------------------------------------------------------- v1g JSONL
 def export_v1g(store: "Store", out: str | os.PathLike, *, images: str = "path", verdict: Any = None,
                annotator: str | None = None, tag: str | None = None, only_corrected: bool = False,
-               model: str | None = None, trace_ids: Sequence[str] | None = None, progress: bool = False) -> ExportReport:
+               model: str | None = None, trace_ids: Sequence[str] | None = None, progress: bool = False
+               ) -> ExportReport:
     """One JSON line per labelled complete trace, in the layout v1's training collate reads:
     `{"id", "conversation": [system?, user "<image>\\n…", assistant with <objN>], "region": {key: box},
     "image_size": [w, h], "image": "images/<sha>.png" | {"bytes": base64, "path": null} | null, "image_sha256",
@@ -481,7 +482,8 @@ def export_labelstudio(store: "Store", out: str | os.PathLike, *, images: str = 
                 "predictions": [{"model_version": row.model_id, "result": pred}],
                 "annotations": [{"result": ann_res, "created_at": rec.created_at,
                                  "meta": {"annotator": rec.annotator, "version": rec.version,
-                                          "answer_correct": rec.annotation.answer_correct, "note": rec.annotation.note}}],
+                                          "answer_correct": rec.annotation.answer_correct,
+                                          "note": rec.annotation.note}}],
             })
             report.rows += 1
     with atomic_write(out) as f:
@@ -490,11 +492,14 @@ def export_labelstudio(store: "Store", out: str | os.PathLike, *, images: str = 
     return report
 
 
-LABEL_STUDIO_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="region" toName="image"/>
-  <Choices name="verdict" toName="image"><Choice value="correct"/><Choice value="incorrect"/><Choice value="unsure"/></Choices>
-</View>"""
+LABEL_STUDIO_CONFIG = (
+    "<View>\n"
+    '  <Image name="image" value="$image"/>\n'
+    '  <RectangleLabels name="region" toName="image"/>\n'
+    '  <Choices name="verdict" toName="image">'
+    '<Choice value="correct"/><Choice value="incorrect"/><Choice value="unsure"/></Choices>\n'
+    "</View>"
+)
 
 __all__ = ["ExportReport", "IMAGE_MODES", "LABEL_STUDIO_CONFIG", "build_training_text", "cells_box", "export_hf",
            "export_labelstudio", "export_traces", "export_v1g", "hf_features"]

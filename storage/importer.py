@@ -371,7 +371,7 @@ def _write(store: "Store", items: list[_Item], report: ImportReport) -> None:
             with store.transaction() as tx:
                 o = write_one(tx, it)
             tally(it, o)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - whatever fails is this item's error, reported with its line
             report.errors.append(LineError(it.where[0], it.where[1], _reason(exc)))
 
 

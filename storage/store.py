@@ -210,7 +210,8 @@ class Store:
         try:
             return Path(row.path).read_bytes()
         except OSError as exc:
-            raise ImageNotFound(f"image {sha256} is stored as the path {row.path!r}, which cannot be read: {exc}")
+            raise ImageNotFound(f"image {sha256} is stored as the path {row.path!r}, which cannot be read: {exc}") \
+                from None
 
     def get_image_info(self, sha256: str) -> ImageInfo:
         """Size, format and byte count of a stored image. Raises `ImageNotFound` (a KeyError)."""
@@ -252,7 +253,8 @@ class Store:
             self._visible_trace(s, trace_id, lock=True)
             s.execute(update(TraceRow).where(TraceRow.id == trace_id).values(tags=list(dict.fromkeys(tags)),
                                                                             updated_at=now_iso()))
-            s.execute(delete(TraceTagRow).where(TraceTagRow.trace_id == trace_id, TraceTagRow.from_annotation.is_(False)))
+            s.execute(delete(TraceTagRow).where(TraceTagRow.trace_id == trace_id,
+                                                TraceTagRow.from_annotation.is_(False)))
             if tags:
                 s.execute(TraceTagRow.__table__.insert(),
                           [dict(trace_id=trace_id, tag=t, from_annotation=False) for t in dict.fromkeys(tags)])
@@ -450,7 +452,8 @@ class Store:
     def _records(self, s: Session, where: Any, head_only: bool = False) -> list[AnnotationRecord]:
         q = select(AnnotationRow, AnnotatorRow.name).join(AnnotatorRow, AnnotatorRow.id == AnnotationRow.annotator_id)
         if head_only:
-            q = q.join(TraceRow, and_(TraceRow.id == AnnotationRow.trace_id, TraceRow.ann_version == AnnotationRow.version))
+            q = q.join(TraceRow, and_(TraceRow.id == AnnotationRow.trace_id,
+                                      TraceRow.ann_version == AnnotationRow.version))
         q = q.where(where).order_by(AnnotationRow.trace_id, AnnotationRow.version)
         out = []
         for r, name in s.execute(q):
@@ -495,7 +498,8 @@ class Store:
         while True:
             q = self._filter(select(TraceRow), **filters)
             if last is not None:
-                q = q.where(or_(TraceRow.created_at > last[0], and_(TraceRow.created_at == last[0], TraceRow.id > last[1])))
+                q = q.where(or_(TraceRow.created_at > last[0],
+                                and_(TraceRow.created_at == last[0], TraceRow.id > last[1])))
             q = q.order_by(TraceRow.created_at, TraceRow.id).limit(batch)
             with self._read() as s:
                 rows = list(s.scalars(q))
@@ -588,7 +592,8 @@ class Transaction:
         if p.revisits:
             s.execute(RevisitRow.__table__.insert(), p.revisits)
         if p.tags:
-            s.execute(TraceTagRow.__table__.insert(), [dict(trace_id=tid, tag=t, from_annotation=False) for t in p.tags])
+            s.execute(TraceTagRow.__table__.insert(),
+                      [dict(trace_id=tid, tag=t, from_annotation=False) for t in p.tags])
         if p.annotations and outcome == "inserted":
             for rec in p.annotations:
                 _insert_annotation(s, tid, rec.annotation, version=rec.version, created_at=rec.created_at,

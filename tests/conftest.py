@@ -21,10 +21,10 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
 
-from tests.app_helpers import CHROMIUM, DEMO_CHECKPOINT, ROOT, env_for_subprocess  # noqa: E402 - after the env
-from tests.builders import build_synthetic_trace  # noqa: E402 - after the env
-from tests.helpers import free_port, make_fixture_checkpoint  # noqa: E402 - after the env
-from tests.postgres import new_pg_database  # noqa: E402 - after the env
+from tests.app_helpers import CHROMIUM, DEMO_CHECKPOINT, ROOT, env_for_subprocess
+from tests.builders import build_synthetic_trace
+from tests.helpers import free_port, make_fixture_checkpoint
+from tests.postgres import new_pg_database
 
 
 # ----------------------------------------------------------------------------- storage

@@ -101,7 +101,7 @@ def test_conflict_take_theirs_then_revert(synthetic_trace, app_env):
 
 def test_queue_next_prev_and_filters(app_env):
     a = build_synthetic_trace(app_env)
-    b = build_synthetic_trace(app_env, key="scene-1", question="Second?")
+    build_synthetic_trace(app_env, key="scene-1", question="Second?")
     build_synthetic_trace(app_env, key="scene-2", question="Third?")
     app_env.save_annotation(a.trace_id, Annotation(annotator="ana", verdict="correct"), expected_version=0)
     order = [r.trace_id for r in app_env.list_traces()]  # newest first (ties broken by id)
@@ -132,7 +132,7 @@ def test_queue_next_prev_and_filters(app_env):
 
 
 def test_uncertainty_score_orders_queue(app_env):
-    from app.annotate_ui import _uncertainty
+    from app.annotate_ui import uncertainty
     from app.resources import store_url
 
     a = build_synthetic_trace(app_env)
@@ -142,7 +142,7 @@ def test_uncertainty_score_orders_queue(app_env):
             s.p_copy = 0.05  # unsure copies
     b.trace_id = "unsure-copies"
     app_env.save_trace(b)
-    assert _uncertainty(store_url(), "unsure-copies") > _uncertainty(store_url(), a.trace_id)
+    assert uncertainty(store_url(), "unsure-copies") > uncertainty(store_url(), a.trace_id)
     at = open_annotate()
     assert at.radio(key="ann_order").value == "uncertainty"
     assert at.session_state["_annot_trace"] == "unsure-copies"

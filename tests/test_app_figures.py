@@ -179,4 +179,5 @@ def test_md_escape_breaks_autolinks():
     assert "https://" not in out.replace("\\", "") and "://" not in out.replace("\\", "")
     assert "www." not in out.replace("\\", "")
     assert "@example" not in out.replace("\\", "")
-    assert out.replace("\\", "").replace("\u200b", "") == "see https://example.invalid/x.png, www.example.invalid or me@example.invalid"
+    expected = "see https://example.invalid/x.png, www.example.invalid or me@example.invalid"
+    assert out.replace("\\", "").replace("\u200b", "") == expected

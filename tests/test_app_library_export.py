@@ -45,6 +45,17 @@ def test_library_table_filters_and_search(app_env):
     assert not at.dataframe and any("No traces match" in i.value for i in at.info)
 
 
+def test_library_opens_the_picked_trace_in_annotate(app_env):
+    build_synthetic_trace(app_env)
+    b = build_synthetic_trace(app_env, key="scene-1", question="Second question?")
+    at = open_page("pages/library.py")
+    at.selectbox(key="lib_open").set_value(b.trace_id).run()
+    at.button(key="open_annotate").click().run()
+    no_exceptions(at)
+    assert at.session_state["trace_id"] == b.trace_id
+    assert at.radio(key="verdict") is not None and any("Second question" in m.value for m in at.markdown)
+
+
 def test_library_import_reports_bad_lines(app_env, tmp_path):
     other = Store(f"sqlite:///{tmp_path / 'other.db'}")
     t = build_synthetic_trace(other, key="scene-2", question="Imported?")

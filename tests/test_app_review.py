@@ -13,7 +13,8 @@ def open_review(name: str | None = "rita"):
 
 def two_annotators_disagree(store, trace_id: str) -> None:
     store.save_annotation(trace_id, Annotation(annotator="ana", verdict="correct", note="**fine** <script>x</script>",
-                                               revisit_labels=[RevisitLabel(0, "wrong_region", corrected_patches=[1, 2])]))
+                                               revisit_labels=[RevisitLabel(0, "wrong_region",
+                                                                            corrected_patches=[1, 2])]))
     store.save_annotation(trace_id, Annotation(annotator="bo", verdict="incorrect", revisit_labels=[
         RevisitLabel(0, "wrong_region", corrected_patches=[2, 3])]))
 

@@ -50,7 +50,7 @@ def test_opens_latest_trace_and_moves_step(synthetic_trace):
     assert step_of(at) == 4 and heatmap_meta(at)["step"] == 4
     at.button(key="prev_step").click().run()
     assert step_of(at) == 3
-    assert at.query_params["trace"] == [synthetic_trace.trace_id] or at.query_params["trace"] == synthetic_trace.trace_id
+    assert at.query_params["trace"] in ([synthetic_trace.trace_id], synthetic_trace.trace_id)
 
 
 def test_revisit_navigation_and_list(synthetic_trace):
@@ -183,7 +183,6 @@ def test_picking_another_trace_in_the_selectbox_sticks(app_env):
 def test_redecode_with_another_region_stores_a_branch_and_reports_the_answer_diff(tmp_path, monkeypatch):
     """Issue 8 in the app: re-decoding with another region creates a child trace listed under its parent."""
     from app.runner import answer_diff, redecode_and_save
-    from app import resources
     from v1core.intervene import BranchEdit
 
     import numpy as np

@@ -42,13 +42,14 @@ def ckpt(tmp_path_factory):
 
 def _cli(*args, env_extra=None, **kw):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, **kw)
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          **kw)
 
 
 def _keys(out: Path) -> list[str]:
     keys = []
     for shard in sorted(out.glob("traces-rank*.jsonl")):
-        keys += [json.loads(l)["meta"]["item_key"] for l in shard.read_text().splitlines() if l.strip()]
+        keys += [json.loads(line)["meta"]["item_key"] for line in shard.read_text().splitlines() if line.strip()]
     return keys
 
 
@@ -104,9 +105,10 @@ def test_killed_run_restarts_where_it_stopped(dataset, ckpt, tmp_path):
 def test_two_process_torchrun_shards_union_without_duplicates(dataset, ckpt, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                        "-m", "app.trace_cli", str(dataset / "data.jsonl"), "--out", str(out), "--model", str(ckpt),
-                        "--max-new-tokens", "4"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", "29517", "-m", "app.trace_cli", str(dataset / "data.jsonl"),
+                        "--out", str(out), "--model", str(ckpt), "--max-new-tokens", "4"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     shards = sorted(out.glob("traces-rank*.jsonl"))
     assert [s.name for s in shards] == ["traces-rank000-of-002.jsonl", "traces-rank001-of-002.jsonl"]
@@ -125,8 +127,8 @@ def test_batched_traces_equal_unbatched(dataset, tmp_path):
     trace_batch(model, proc, items, settings, one, batch_size=1, progress=False)
     trace_batch(model, proc, items, settings, many, batch_size=5, progress=False)
     one.close(), many.close()
-    a = [json.loads(l) for l in one.path.read_text().splitlines()]
-    b = [json.loads(l) for l in many.path.read_text().splitlines()]
+    a = [json.loads(line) for line in one.path.read_text().splitlines()]
+    b = [json.loads(line) for line in many.path.read_text().splitlines()]
     assert [[s["token_id"] for s in t["steps"]] for t in a] == [[s["token_id"] for s in t["steps"]] for t in b]
     assert [t["grid"] for t in a] == [t["grid"] for t in b]
     from v1core.trace import Trace

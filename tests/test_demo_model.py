@@ -98,7 +98,8 @@ def test_object_probes_pool_each_objects_patches_and_label_them():
     means, facts = CellProbes._object_means(states, labels, examples)
 
     objects = [o for s in scenes for o in s.objects]
-    assert facts.tolist() == [[SHAPES.index(o.shape), list(COLOURS).index(o.colour), SIZES.index(o.size)] for o in objects]
+    assert facts.tolist() == [[SHAPES.index(o.shape), list(COLOURS).index(o.colour), SIZES.index(o.size)]
+                              for o in objects]
     start, k = 0, 0
     for scene, e in zip(scenes, examples):
         grid = proc.grid_for(scene.image)
@@ -122,7 +123,8 @@ def test_shape_weight_also_weights_the_corner_shape_fact_that_shape_named_pointi
     probes = CellProbes(128, image_token_id=0, shape_weight=2.0, corner_weight=2.0)
     names = [name for name, _ in CELL_FACTS]
     weights = dict(zip(names, probes.fact_weights))
-    assert (weights["shape"], weights["corner_shape"], weights["corner_colour"], weights["colour"]) == (2.0, 4.0, 2.0, 1.0)
+    assert (weights["shape"], weights["corner_shape"], weights["corner_colour"], weights["colour"]) == \
+        (2.0, 4.0, 2.0, 1.0)
     assert names[CORNER_FACTS[0]] == "corner_shape"
 
 
@@ -154,7 +156,8 @@ def test_object_pointer_loss_scores_the_mass_on_the_first_copys_whole_object():
 
     assert with_mass_on(right[-1:]) < 1e-3  # not the exact patch v1's cross-entropy wants, but the right object
     assert with_mass_on(wrong) > 25
-    assert with_mass_on(torch.cat([right[-1:], wrong[:1]])) == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-3)
+    log2 = torch.log(torch.tensor(2.0)).item()
+    assert with_mass_on(torch.cat([right[-1:], wrong[:1]])) == pytest.approx(log2, abs=1e-3)
 
 
 def test_first_copy_loss_scores_only_each_regions_first_copy_against_its_exact_patch():
@@ -172,7 +175,7 @@ def test_first_copy_loss_scores_only_each_regions_first_copy_against_its_exact_p
     rows, cols = first_copies(batch["labels"], start)
     assert sorted(rows.tolist()) == sorted(i for i, s in enumerate(scenes) for _ in s.target_objects)  # one per region
     targets = batch["labels"][rows, cols + 1]
-    for row, target, scene in zip(rows.tolist(), targets.tolist(), [scenes[r] for r in rows.tolist()]):
+    for _row, target, scene in zip(rows.tolist(), targets.tolist(), [scenes[r] for r in rows.tolist()]):
         corners = {proc.grid_for(scene.image).bbox_to_patches(o.box)[0] for o in scene.target_objects}
         assert target - start in corners  # the box's top-left patch
 

@@ -128,12 +128,13 @@ def test_ask_again_asks_another_answerable_question_about_the_same_pixels(scenes
     # objects named by their shape (colour / size questions) are asked about more often: the model's weak spot
     assert kinds["colour"] + kinds["size"] > 1.5 * (kinds["shape"] + kinds["compare"]), kinds
     again = [S.ask_again(sc, np.random.default_rng(sc.seed)) for sc in scenes[:10]]
-    assert [a and a.question for a in again] == [b and b.question for b in
-                                                  (S.ask_again(sc, np.random.default_rng(sc.seed)) for sc in scenes[:10])]
+    repeated = [S.ask_again(sc, np.random.default_rng(sc.seed)) for sc in scenes[:10]]
+    assert [a and a.question for a in again] == [b and b.question for b in repeated]
 
 
 def test_ask_again_is_none_when_the_objects_answer_nothing_else():
-    objects = [S.SceneObject("circle", "red", "small", (0, 0, 50, 50)), S.SceneObject("circle", "red", "large", (100, 0, 200, 100))]
+    objects = [S.SceneObject("circle", "red", "small", (0, 0, 50, 50)),
+               S.SceneObject("circle", "red", "large", (100, 0, 200, 100))]
     scene = S.Scene(None, 300, 300, objects, "q", "a", [0], ["x"], "colour", 0)
     assert S.ask_again(scene, np.random.default_rng(0)) is None
 

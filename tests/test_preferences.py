@@ -38,7 +38,7 @@ def test_branch_is_listed_under_its_parent_and_exported_as_a_preference_pair(tmp
     store.save_annotation(parent.trace_id, Annotation(annotator="ann", verdict="incorrect", answer_correct=False))
     store.save_annotation(child.trace_id, Annotation(annotator="ann", verdict="correct", answer_correct=True))
     report = export_preferences(store, tmp_path / "prefs.jsonl")
-    rows = [json.loads(l) for l in (tmp_path / "prefs.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "prefs.jsonl").read_text().splitlines()]
     assert report.rows == len(rows) == 1
     row = rows[0]
     assert row["chosen"] == child.output_text and row["rejected"] == parent.output_text

@@ -123,12 +123,14 @@ def test_bad_traces_are_refused(sqlite_store, mutate, message):
 
 
 def test_list_filters_search_and_paging(store):
-    a = make_trace(question="How many 100% cotton shirts?", model_id="m1", tags=["shirts"], created_at="2026-01-01T00:00:01+00:00")
+    a = make_trace(question="How many 100% cotton shirts?", model_id="m1", tags=["shirts"],
+                   created_at="2026-01-01T00:00:01+00:00")
     b = make_trace(question="Which 100x zoom lens?", model_id="m2", created_at="2026-01-01T00:00:02+00:00")
-    c = make_trace(question="snake_case or camel?", model_id="m1", status="failed", created_at="2026-01-01T00:00:03+00:00")
+    c = make_trace(question="snake_case or camel?", model_id="m1", status="failed",
+                   created_at="2026-01-01T00:00:03+00:00")
     for t in (a, b, c):
         store.save_trace(t)
-    ids = lambda rows: [r.trace_id for r in rows]  # noqa: E731
+    ids = lambda rows: [r.trace_id for r in rows]  # noqa: E731 - a local one-liner
     assert ids(store.list_traces()) == [c.trace_id, b.trace_id, a.trace_id]
     assert ids(store.list_traces(order="oldest")) == [a.trace_id, b.trace_id, c.trace_id]
     assert ids(store.list_traces(search="100%")) == [a.trace_id]  # % is literal
@@ -304,7 +306,8 @@ def test_agreement_kappa_and_iou(store):
     traces = [make_trace(seed=i) for i in range(4)]
     for t in traces:
         store.save_trace(t)
-    verdicts = {"ana": ["correct", "correct", "incorrect", "unsure"], "bo": ["correct", "incorrect", "incorrect", "unsure"]}
+    verdicts = {"ana": ["correct", "correct", "incorrect", "unsure"],
+                "bo": ["correct", "incorrect", "incorrect", "unsure"]}
     for who, vs in verdicts.items():
         for t, v in zip(traces, vs):
             store.save_annotation(t.trace_id, Annotation(annotator=who, verdict=v))
@@ -406,7 +409,7 @@ def test_float16_conversion_paths_agree(monkeypatch):
         assert got.dtype == np.dtype("<f2") and np.array_equal(got.view(np.uint16), ref)
         monkeypatch.undo()
         try:
-            import torch  # noqa: F401
+            import torch  # noqa: F401 - only whether it imports matters
         except ImportError:
             continue
         assert np.array_equal(to_float16(x).view(np.uint16), ref)

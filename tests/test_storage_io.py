@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from storage import AddedRevisit, Annotation, RevisitLabel
+from storage import AddedRevisit, Annotation, AnnotationConflict, RevisitLabel
 from storage.export import cells_box, export_hf, export_labelstudio, export_traces, export_v1g
 from storage.importer import import_path
 from tests.builders import COPY0, grid_for, make_trace, png_bytes
@@ -41,7 +41,7 @@ def test_traces_export_import_export_is_byte_identical(store, tmp_path):
     store.save_annotation(traces[0].trace_id, Annotation(annotator="ana", verdict="correct"))
     store.save_annotation(traces[0].trace_id, Annotation(annotator="bo", verdict="incorrect", revisit_labels=[
         RevisitLabel(1, "wrong_region", corrected_box=(10.5, 20, 30, 40.25))]), expected_version=1)
-    with pytest.raises(Exception):
+    with pytest.raises(AnnotationConflict):
         store.save_annotation(traces[0].trace_id, Annotation(annotator="cy", verdict="unsure"), expected_version=1)
     first = tmp_path / "a" / "traces.jsonl"
     rep = export_traces(store, first, images="path")
@@ -54,7 +54,8 @@ def test_traces_export_import_export_is_byte_identical(store, tmp_path):
         imp = import_path(other, first)
         assert imp.ok and imp.imported == 4, imp.errors
         hist = other.annotation_history(traces[0].trace_id)
-        assert [(h.version, h.annotator, h.conflict) for h in hist] == [(1, "ana", False), (2, "bo", False), (3, "cy", True)]
+        assert [(h.version, h.annotator, h.conflict) for h in hist] == [(1, "ana", False), (2, "bo", False),
+                                                                        (3, "cy", True)]
         assert other.get_annotation(traces[0].trace_id).annotator == "bo"
         assert other.get_image_bytes(traces[0].image_sha256) == png_bytes()
         second = tmp_path / "a" / "traces2.jsonl"
@@ -116,8 +117,10 @@ def test_v1g_export_layout_and_corrected_regions(store, tmp_path):
     grid = grid_for((640, 480))
     corrected = [0, 1, 23, 24]  # a 2×2 block at the top-left (23 columns)
     assert grid.shape[1] == 23
-    store.save_annotation(t.trace_id, Annotation(annotator="ana", verdict="correct", answer_correct=True, revisit_labels=[
-        RevisitLabel(0, "wrong_region", corrected_patches=corrected), RevisitLabel(1, "correct")]))
+    store.save_annotation(t.trace_id, Annotation(annotator="ana", verdict="correct", answer_correct=True,
+                                                 revisit_labels=[RevisitLabel(0, "wrong_region",
+                                                                              corrected_patches=corrected),
+                                                                 RevisitLabel(1, "correct")]))
     store.save_annotation(u.trace_id, Annotation(annotator="bo", verdict="incorrect", tags=["hard"], revisit_labels=[
         RevisitLabel(1, "wrong_region", corrected_box=(500, 50, 600, 150))]))
     store.save_annotation(w.trace_id, Annotation(annotator="ana", verdict="correct", added_revisits=[

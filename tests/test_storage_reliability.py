@@ -64,8 +64,9 @@ def _concurrent_saves(url: str, workers: int, per_worker: int, n_traces: int = 4
         ids.append(t.trace_id)
     s.close()
     start_at = time.time() + 4.0  # every worker imported and connected before the first save
-    procs = [subprocess.Popen([sys.executable, "-c", SAVER, url, str(k), str(per_worker), str(start_at), json.dumps(ids)],
-                              cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-c", SAVER, url, str(k), str(per_worker), str(start_at),
+                               json.dumps(ids)], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
              for k in range(workers)]
     results = []
     for p in procs:

@@ -83,7 +83,8 @@ def iter_items(
     src = Path(source)
     if not src.exists():
         raise FileNotFoundError(f"{src} does not exist")
-    if src.is_dir() and not any(src.glob("*.parquet")) and not any(src.glob("*.arrow")) and not (src / "dataset_info.json").exists():
+    if src.is_dir() and not any(src.glob("*.parquet")) and not any(src.glob("*.arrow")) \
+            and not (src / "dataset_info.json").exists():
         if not question:
             raise ValueError("a folder of images needs --question")
         for path in sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
@@ -330,13 +331,14 @@ def _run(
             model_id=model_id, image_sha256=item.image_sha256, image_size=(item.image.width, item.image.height),
             resized_size=info.grid.resized, grid=info.grid.shape, question=item.question,
             system_prompt=info.system_prompt, settings=settings, status="running", prompt_tokens=info.prompt_tokens,
-            source="generated", meta={"item_key": key, "source": item.source, **{k: v for k, v in item.meta.items() if k != "item_key"}},
+            source="generated",
+            meta={"item_key": key, "source": item.source, **{k: v for k, v in item.meta.items() if k != "item_key"}},
         ))
     t0 = time.perf_counter()
     try:
         for row, step in generate_traces(model, batch, processor, seed=settings.seed, **settings.generate_kwargs()):
             traces[row].steps.append(step)
-    except Exception as exc:  # a whole batch failed (e.g. out of memory): report every row
+    except Exception as exc:  # noqa: BLE001 - a whole batch failed (e.g. out of memory): report every row
         return [(it, _failed(it, key, settings, model_id, exc)) for it, key in pending]
     elapsed = time.perf_counter() - t0
     eos = eos_token_ids(model)  # what generate stopped on, exactly as for an interactive trace

@@ -17,15 +17,18 @@ def register(app: typer.Typer) -> None:
 
 
 def train_demo_cmd(
-    out: Path = typer.Option(None, help="checkpoint folder (default: the embedded demo checkpoint, or a fine-tune folder)"),
+    out: Path = typer.Option(None, help="checkpoint folder (default: the embedded demo checkpoint, or a fine-tune "
+                                        "folder)"),
     steps: int = typer.Option(4000, help="optimiser steps (the time budget normally ends training first)"),
     batch_size: int = typer.Option(8),
-    minutes: float = typer.Option(13.0, help="training wall-clock budget (the whole command, eval included, stays under 15 min)"),
+    minutes: float = typer.Option(13.0, help="training wall-clock budget (the whole command, eval included, stays "
+                                             "under 15 min)"),
     seed: int = typer.Option(0),
     eval_n: int = typer.Option(200, help="held-out scenes evaluated for the model card (0 to skip)"),
     from_export: Optional[Path] = typer.Option(None, help="fine-tune on exported v1g rows (JSONL or parquet)"),
     base: Optional[Path] = typer.Option(None, help="checkpoint to fine-tune with --from-export (default: demo)"),
-    lr: Optional[float] = typer.Option(None, help="learning rate (default: train_demo's from scratch, 5e-4 fine-tuning)"),
+    lr: Optional[float] = typer.Option(None, help="learning rate (default: train_demo's from scratch, 5e-4 "
+                                                  "fine-tuning)"),
 ) -> None:
     """Train the embedded tiny v1 on synthetic scenes (or fine-tune it on an export)."""
     from .demo.train_demo import finetune_from_export, train_demo

@@ -60,7 +60,8 @@ class V1Config(Qwen2_5_VLConfig):
             raise ValueError(f"copy_extraction_layer must be -1 (last layer), got {self.copy_extraction_layer}")
         if self.copy_token_start > self.text_config.vocab_size:
             raise ValueError(
-                f"copy_token_start ({self.copy_token_start}) is beyond the text vocabulary ({self.text_config.vocab_size})"
+                f"copy_token_start ({self.copy_token_start}) is beyond the text vocabulary "
+                f"({self.text_config.vocab_size})"
             )
 
 

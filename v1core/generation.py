@@ -314,7 +314,7 @@ def _drive_in_thread(
     def work() -> None:
         try:
             decode()
-        except BaseException as exc:  # handed to the consumer
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
             out.put(exc)
         finally:
             out.put(done)

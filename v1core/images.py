@@ -188,7 +188,7 @@ def load_image(
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _bomb_error(name, exc, max_pixels) from exc
-    except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, EOFError, ...
+    except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, EOFError, ...
         raise ImageError(f"{name} is truncated or corrupt; PIL could not decode it ({exc})") from exc
     return LoadedImage(image=rgb, sha256=image_sha256(data), data=data, format=fmt)
 
@@ -220,7 +220,7 @@ def _open(data: bytes, name: str, allowed: tuple[str, ...], max_pixels: int) -> 
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _bomb_error(name, exc, max_pixels) from exc
-    except Exception as exc:  # noqa: BLE001 - a plugin choking on a malformed header
+    except Exception as exc:  # a plugin choking on a malformed header
         raise ImageError(f"{name} is truncated or corrupt; PIL could not read its header ({exc})") from exc
 
     fmt = _FORMAT_ALIASES.get(im.format or "", im.format or "unknown")
@@ -235,7 +235,7 @@ def _load_pil(img: Image.Image, max_pixels: int) -> LoadedImage:
     _check_pixels(img.width, img.height, max_pixels, name)
     try:
         img.load()
-    except Exception as exc:  # noqa: BLE001 - a lazily opened image can still be truncated
+    except Exception as exc:  # a lazily opened image can still be truncated
         raise ImageError(f"{name} is truncated or corrupt; PIL could not decode it ({exc})") from exc
     data = _png_bytes(img)
     return LoadedImage(image=_finish(img, name), sha256=image_sha256(data), data=data, format="PNG")

@@ -36,7 +36,8 @@ class BranchEdit:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "revisit": self.revisit, "step": self.step, "patches": list(self.patches), "note": self.note}
+        return {"kind": self.kind, "revisit": self.revisit, "step": self.step, "patches": list(self.patches),
+                "note": self.note}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BranchEdit":

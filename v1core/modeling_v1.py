@@ -205,7 +205,8 @@ class V1ForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             n_tokens = int(image_mask.sum())
             if n_tokens != image_embeds.shape[0]:
                 raise ValueError(f"{n_tokens} image tokens in the text but {image_embeds.shape[0]} image features")
-            inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1).expand_as(inputs_embeds), image_embeds)
+            image_positions = image_mask.unsqueeze(-1).expand_as(inputs_embeds)
+            inputs_embeds = inputs_embeds.masked_scatter(image_positions, image_embeds)
 
         if copy_memory is None and cache is not None:
             copy_memory = getattr(cache, "v1_copy_memory", None)
@@ -304,7 +305,8 @@ class V1ForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     def generate(self, inputs: torch.Tensor | None = None, **kwargs):
         """`GenerationMixin.generate`, deriving `mm_token_type_ids` when the inputs carry none."""
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
-        if kwargs.get("mm_token_type_ids") is None and input_ids is not None and kwargs.get("image_grid_thw") is not None:
+        needs_types = kwargs.get("mm_token_type_ids") is None and kwargs.get("image_grid_thw") is not None
+        if needs_types and input_ids is not None:
             text_ids = input_ids.masked_fill(input_ids >= self.config.copy_token_start, self.config.region_token_id)
             kwargs["mm_token_type_ids"] = self.mm_token_type_ids(text_ids)
         return super().generate(inputs, **kwargs)

@@ -108,7 +108,8 @@ class V1Processor:
         added = {t for t in tokenizer.get_added_vocab() if not t.startswith("<|copy_")}
         self._guarded_ids = {tokenizer.convert_tokens_to_ids(t) for t in added} | set(tokenizer.all_special_ids)
         self._guarded_ids.discard(tokenizer.unk_token_id)
-        self._added_re = re.compile("|".join(re.escape(t) for t in sorted(added, key=len, reverse=True))) if added else None
+        longest_first = sorted(added, key=len, reverse=True)
+        self._added_re = re.compile("|".join(re.escape(t) for t in longest_first)) if added else None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -199,7 +200,7 @@ class V1Processor:
         """Qwen2.5-VL chat layout with the image first and the paper's reasoning instruction after the question."""
         system = self.system_prompt if system_prompt is None else system_prompt
         im_start, im_end = self._special("<|im_start|>"), self._special("<|im_end|>")
-        plain = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731 (template text)
+        plain = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731 - tokenises template text
         ids: list[int] = []
         if system:
             ids += [im_start, *plain("system\n"), *self.encode_user_text(system), im_end, *plain("\n")]
@@ -233,7 +234,8 @@ class V1Processor:
                 raise RuntimeError(f"image processor grid {thw.tolist()} disagrees with PatchGrid {grid.shape}")
             ids = self.prompt_ids(question, rows * cols, system_prompt)
             seqs.append(ids)
-            infos.append(PromptInfo(grid, len(ids), self.system_prompt if system_prompt is None else system_prompt, question))
+            system = self.system_prompt if system_prompt is None else system_prompt
+            infos.append(PromptInfo(grid, len(ids), system, question))
         width = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], dtype=torch.long)

@@ -37,7 +37,8 @@ def build_example(processor: V1Processor, image: Image.Image, question: str, ans
     copy ids (unlike user questions, which are tokenised with special tokens disabled).
     """
     batch = processor(image, question)
-    return _with_answer(processor, batch["input_ids"][0].tolist(), answer_text, batch["pixel_values"], batch["image_grid_thw"])
+    return _with_answer(processor, batch["input_ids"][0].tolist(), answer_text, batch["pixel_values"],
+                        batch["image_grid_thw"])
 
 
 def ask_same_image(processor: V1Processor, example: Example, question: str, answer_text: str) -> Example:
@@ -200,7 +201,8 @@ def cycle(make: Callable[[int], Example], seeds: Iterable[int]) -> Iterator[Exam
             yield make(s)
 
 
-def length_bucketed(examples: Iterator[Example], batch_size: int, pool_batches: int = 8, seed: int = 0) -> Iterator[Example]:
+def length_bucketed(examples: Iterator[Example], batch_size: int, pool_batches: int = 8, seed: int = 0
+                    ) -> Iterator[Example]:
     """Regroup a stream so that every `batch_size` consecutive examples have similar lengths.
 
     Why: `collate` pads to the longest example of a batch; demo sequences range ~190–370 tokens, so random

@@ -155,7 +155,8 @@ def question_candidates(kind: str, objects: list[SceneObject]) -> list[tuple[str
 REASK_KIND_WEIGHTS: dict[str, float] = {"colour": 2.0, "size": 2.0, "shape": 1.0, "compare": 1.0}
 
 
-def ask_again(scene: Scene, rng: np.random.Generator, kind_weights: dict[str, float] = REASK_KIND_WEIGHTS) -> Scene | None:
+def ask_again(scene: Scene, rng: np.random.Generator, kind_weights: dict[str, float] = REASK_KIND_WEIGHTS
+              ) -> Scene | None:
     """The same objects and pixels with another question: a kind drawn by `kind_weights` among those the objects
     answer, then one of its questions other than the scene's own. None when there is no other question.
 

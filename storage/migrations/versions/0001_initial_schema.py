@@ -1,7 +1,7 @@
 """initial schema: images, models, traces (+ step chunks, tags, revisits), annotators, versioned annotations
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-28 11:17:41.816134
 """
 from __future__ import annotations
