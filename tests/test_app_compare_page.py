@@ -103,7 +103,7 @@ def test_modes_on_trace_without_pointers(app_env, mode):
 
 
 def test_parent_and_branch_side_by_side_show_divergence_and_answer(app_env):
-    """Issue 8: a re-decoded branch opened with its parent says where pointers diverge and if the answer changed."""
+    """Re-decoding: a re-decoded branch opened with its parent says where pointers diverge and if the answer changed."""
     import copy
 
     parent = build_synthetic_trace(app_env)

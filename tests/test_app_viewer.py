@@ -181,7 +181,7 @@ def test_picking_another_trace_in_the_selectbox_sticks(app_env):
 
 
 def test_redecode_with_another_region_stores_a_branch_and_reports_the_answer_diff(tmp_path, monkeypatch):
-    """Issue 8 in the app: re-decoding with another region creates a child trace listed under its parent."""
+    """Re-decoding in the app: re-decoding with another region creates a child trace listed under its parent."""
     from app.runner import answer_diff, redecode_and_save
     from v1core.intervene import BranchEdit
 

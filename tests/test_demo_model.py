@@ -361,9 +361,9 @@ def test_demo_model_meets_the_bar_on_fresh_scenes():
 
     model, processor = load_model()
     res = evaluate(model, processor, n=50, seed=50_000, progress=False)  # seeds never used in training
-    # The issue's targets are precision and accuracy >= 0.9 on unseen seeds; the committed model measures 0.939 / 0.92
+    # The demo's targets are precision and accuracy >= 0.9 on unseen seeds; the committed model measures 0.939 / 0.92
     # on seeds 0–199, 0.938 / 0.93 on 5,000+, 0.909 / 0.93 on 20,000+ and 0.969 / 0.96 on these 50 (its card). The
-    # bar sits a little lower, as the issue asks, for robustness: a retrained model (another seed) lands within
+    # bar sits a little lower, on purpose, for robustness: a retrained model (another seed) lands within
     # ~0.05. Answers must come from the copies (with copies banned, accuracy falls to 0.06 on these 50), and
     # objects named by their shape must be found (the previous checkpoint's first copy found them 0.69 of the time).
     assert res["pointer_precision"] >= 0.88, res  # measured 0.969
@@ -396,7 +396,7 @@ def test_traces_revisit_the_asked_about_object():
 @needs_ckpt
 @pytest.mark.slow
 def test_forcing_the_right_region_fixes_answers_on_the_demo_model():
-    """Issue 8 evidence that the answers depend on the revisits (numbers in the model card): removing the first
+    """Evidence that the answers depend on the revisits (numbers in the model card): removing the first
     one costs most of the accuracy, a revisit redirected to another object carries the answer with it, and where
     the first revisit missed, forcing the asked-about object's patches gives the right answer."""
     import sys

@@ -1,4 +1,4 @@
-"""Re-decoding from a revisit with the prompt's KV cache reused (issue: intervene on a revisit)."""
+"""Intervening on a revisit: re-decoding from it with the prompt's KV cache reused."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """storage.Store API: traces, steps, listing, images, versioned annotations, reviewers, agreement.
 
-Every test that takes `store` runs on SQLite and on a real PostgreSQL server (see conftest_storage.py).
+Every test that takes `store` runs on SQLite and on a real PostgreSQL server (the `db_url` fixture in tests/conftest.py).
 """
 
 from __future__ import annotations
