@@ -2,7 +2,7 @@
 
 - `make_trace`: a v1-format trace (think / detect(...) regions with copy tokens / answer) over a synthetic image,
   one step per word and per copy token, random normalised pointers peaking on copied patches;
-- `big_trace`: benchmark-sized (2,000 steps on a 2,000-patch grid);
+- long traces at v1-7B scale come from `v1core.synthetic.big_trace` (the project's own generator);
 - `trace_from_texts`: exactly the given (text, token id) steps, for schema tests;
 - `build_synthetic_trace`: a trace over a bundled gallery scene with two revisits and untrusted markup in its
   text, saved with its image into a store (the app and browser tests' input);
@@ -83,26 +83,6 @@ def make_trace(
         steps=steps, output_text="".join(t for t, _ in pieces), timings={"prefill_s": 0.125, "decode_s": 1.5},
         status=status, prompt_tokens=321, tags=list(tags), meta={"note": "ünïcode ✓"}, **kw,
     )
-
-
-def big_trace(n_steps: int = 2000, grid: tuple[int, int] = (40, 50), seed: int = 0) -> Trace:
-    """A long trace on a 2,000-patch grid (benchmark-sized); every 50th step copies a patch."""
-    rng = np.random.default_rng(seed)
-    rows, cols = grid
-    ptr = rng.random((n_steps, rows, cols), dtype=np.float32)
-    ptr /= ptr.sum(axis=(1, 2), keepdims=True)
-    steps = []
-    for i in range(n_steps):
-        copy = i % 50 == 49
-        patch = int(rng.integers(rows * cols)) if copy else None
-        steps.append(Step(index=i, token_id=COPY0 + patch if copy else 1000 + i % 500,
-                          text=f"<|copy_{patch}|>" if copy else f" w{i}", is_copy=copy, patch=patch,
-                          p_copy=float(rng.random()), entropy=float(rng.random()), topk_ids=[1, 2, 3, 4, 5],
-                          topk_texts=["a", "b", "c", "d", "e"], topk_probs=[0.4, 0.2, 0.1, 0.05, 0.01],
-                          pointer=ptr[i]))
-    return Trace(model_id="v1-bench", image_sha256="cd" * 32, image_size=(cols * 28, rows * 28),
-                 resized_size=(cols * 28, rows * 28), grid=(rows, cols), question="Long?", steps=steps,
-                 output_text="".join(s.text for s in steps))
 
 
 def png_bytes(size: tuple[int, int] = (640, 480), color: tuple[int, int, int] = (200, 30, 30)) -> bytes:

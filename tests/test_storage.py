@@ -1,6 +1,7 @@
 """storage.Store API: traces, steps, listing, images, versioned annotations, reviewers, agreement.
 
-Every test that takes `store` runs on SQLite and on a real PostgreSQL server (the `db_url` fixture in tests/conftest.py).
+Every test that takes `store` runs on SQLite and on a real PostgreSQL server (the `db_url` fixture in
+tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from storage import (
     TraceNotFound,
 )
 from storage.agreement import compute_agreement, find_disagreements
-from tests.builders import big_trace, make_trace, png_bytes
+from tests.builders import make_trace, png_bytes
+from v1core.synthetic import big_trace
 
 TWO = (("triangle", (100, 120, 220, 230)), ("circle", (300, 300, 400, 420)))
 
@@ -43,7 +45,7 @@ def test_save_and_get_round_trip(store):
 
 
 def test_get_step_reads_one_step(store):
-    tr = big_trace(n_steps=300, grid=(20, 30))
+    tr = big_trace(20, 30, 300)
     store.save_trace(tr)
     for i in (0, 1, 77, 150, 299):
         st = store.get_step(tr.trace_id, i)

@@ -108,7 +108,7 @@ def test_concurrent_saves_on_postgresql():
 KILLED = textwrap.dedent("""
     import sys, time
     import storage.store as st
-    from tests.builders import big_trace
+    from v1core.synthetic import big_trace
     url, trace_id = sys.argv[1], sys.argv[2]
     store = st.Store(url)
     original = st.Transaction.write_trace
@@ -119,7 +119,7 @@ KILLED = textwrap.dedent("""
         time.sleep(300)
         return out
     st.Transaction.write_trace = stalled
-    t = big_trace(n_steps=400, grid=(20, 30))
+    t = big_trace(20, 30, 400)
     t.trace_id = trace_id
     store.save_trace(t)
 """)
@@ -164,12 +164,12 @@ def test_writer_killed_mid_transaction_leaves_no_partial_trace(db_url):
 LOOPER = textwrap.dedent("""
     import sys
     from storage import Annotation, Store
-    from tests.builders import big_trace
+    from v1core.synthetic import big_trace
     store = Store(sys.argv[1])
     print("READY", flush=True)
     i = 0
     while True:
-        t = big_trace(n_steps=150, grid=(20, 30), seed=i)
+        t = big_trace(20, 30, 150, seed=i)
         store.save_trace(t)
         store.save_annotation(t.trace_id, Annotation(annotator="loop", verdict="correct", note=str(i)))
         i += 1

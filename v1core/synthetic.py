@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .copy_tokens import COPY_TOKEN_START, copy_token
 from .trace import DecodingSettings, Step, Trace
 
-COPY_TOKEN_START = 151665  # v1-7B's id of <|copy_0|> (shared/formats/v1-facts.md)
 CELL = 28  # merged-patch side in resized pixels
 SIZES = {"16x16": (16, 16), "37x37": (37, 37), "64x64": (64, 64), "128x128": (128, 128)}
 
@@ -173,7 +173,7 @@ def big_trace(
             for w in opening:
                 say(w)
             for k in cells[start:start + run]:
-                if not push(f"<|copy_{k}|>", COPY_TOKEN_START + k, True, k, rng.uniform(0.6, 0.999), copy_pointer(k)):
+                if not push(copy_token(k), COPY_TOKEN_START + k, True, k, rng.uniform(0.6, 0.999), copy_pointer(k)):
                     break
             for w in ("</region>", '"])', "."):
                 say(w)
