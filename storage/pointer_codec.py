@@ -1,0 +1,644 @@
+"""Compact pointer storage: the per-step pointer distributions of a trace chunk ↔ bytes.
+
+At v1-7B scale a pointer has up to 16,384 cells; as float16 that is 32 KiB per step, 331 GB for a library of
+10,000 × 1,000-step traces, and lossless compression of float16 saves only ×1.4–1.6 (diffuse text-step maps are
+high-entropy). This codec stores text-step pointers lossily with a guaranteed fidelity bound, and copy steps
+exactly. It is pure numpy + the standard library's zlib (measured against zstd, lzma, PNG/WebP and others in
+``bench/pointer_codec.py``; results in docs/BENCHMARKS.md).
+
+**Fidelity is total variation.** For a stored step p and its decoded q, TV(p, q) = ½·Σ|p − q|. A relative error
+δ_i on cell i costs ½·p_i·|δ_i|, so cells of small probability can take coarse steps: the rate-optimal
+quantiser for a TV (L1) budget is *uniform in probability*, not in log-probability. Text steps are stored as
+integers ``k_i = round(p_i / a)`` and decoded as ``q = k / Σk``; the step ``a`` is chosen per step by the
+encoder, which computes the exact TV of what the decoder will return and shrinks ``a`` until
+``TV ≤ tv`` (default 0.0095, under the 1e-2 bound). Uniform rounding errs ±a/2, i.e. TV ≈ N·a/8 for N cells
+above the step, so ``a ≈ 8·tv/N``: at 16,384 patches about 12.5 units for an average cell. Cells below a/2
+decode as exactly 0 (a log-scale view shows them at its floor).
+
+**Kept exactly:** copy steps and steps whose ``p_copy`` ≥ ``copy_threshold`` (default 0.2: the model nearly
+copied) are stored as float16, bit for bit what the raw format stores (TV ≈ 1e-4 from float32). With
+``mode="lossless"`` (or ``$V1STUDIO_POINTERS=lossless``) every step is. Exact steps decode to the float16
+values, as the raw format did (their sum is 1 within float16 rounding, not renormalised); lossy steps sum to 1
+within float32 rounding.
+
+**Coding.** Each step's integer field (k, or the float16 bit patterns, which are monotone in the value) is
+coded by hierarchical interpolation, the way lossless image coders exploit smooth fields: first cell (0, 0),
+then for strides s = 2ᴸ … 2 the centres of the known s-lattice (predicted from their 4 diagonal neighbours) and
+then the edge midpoints (from their 4 axis neighbours), each pass fully vectorised over the steps of a group.
+The prediction is the mean of the known neighbours — geometric for k (via float64 bit patterns, exact integer
+arithmetic), arithmetic for float16 patterns — so encoder and decoder compute it identically on any machine.
+Residuals are zig-zagged into bytes, split into 16 contexts by the predicted magnitude (a residual's spread
+grows with it), and each context stream is Huffman-coded with raw deflate (escapes for bytes ≥ 255 in a
+separate stream; float16 residuals in a low-byte plane and a high-byte plane).
+
+**Format (version 1, little-endian).** ``b"\\x89V1P"``, version, flags (bit 0: lossless), n_steps, rows, cols,
+steps per group, then one kind byte per step (0 lossy, 1 exact), then per group (offset, length, CRC-32) and a
+CRC-32 of the header. A group is the unit of random access (≈ 2¹⁷ cells: 8 steps at 16,384 patches): decoding
+one step or a range decodes only the groups it touches. Each group holds the lossy field, then the exact field,
+each as a list of (raw length, compressed length, bytes) streams.
+
+**Legacy blobs** (the raw float16 ``[n, rows, cols]`` arrays stored before this codec) have no header. A blob
+is read as v1 when it starts with the magic and its header parses and passes its CRC; otherwise, when its
+length is exactly n·rows·cols·2, as legacy float16 (decoded bit for bit as before). A legacy blob cannot pass
+for v1: its first value would be the float16 0x5689 = 104.6, not a probability, and its header CRC would have
+to match. Anything else raises ValueError.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "COPY_THRESHOLD",
+    "DEFAULT_TV",
+    "FORMAT_VERSION",
+    "MODE_ENV",
+    "MODES",
+    "PointerBlobInfo",
+    "TV_BOUND",
+    "blob_info",
+    "decode",
+    "decode_step",
+    "decode_steps",
+    "encode",
+    "resolve_mode",
+    "total_variation",
+]
+
+MAGIC = b"\x89V1P"
+FORMAT_VERSION = 1
+MODE_ENV = "V1STUDIO_POINTERS"
+MODES = ("compact", "lossless")
+DEFAULT_TV = 0.0095  # target TV of a lossy step (encoder-enforced); the promised bound is TV_BOUND
+TV_BOUND = 0.01
+COPY_THRESHOLD = 0.2
+GROUP_CELLS = 1 << 17  # cells per group, the unit of random access
+KIND_LOSSY, KIND_EXACT = 0, 1
+FLAG_LOSSLESS = 1
+
+_HEAD = struct.Struct("<4sBBHIIII")  # magic, version, flags, reserved, n, rows, cols, steps per group
+_GROUP = struct.Struct("<III")  # offset (from payload start), length, crc32
+_U32 = struct.Struct("<I")
+_N_CTX = 16
+_ESC = 255
+
+
+def resolve_mode(mode: str | None = None) -> str:
+    """`mode`, else $V1STUDIO_POINTERS, else "compact". Raises ValueError naming the valid modes."""
+    raw = mode if mode is not None else (os.environ.get(MODE_ENV, "").strip() or "compact")
+    raw = str(raw).strip().lower()
+    if raw not in MODES:
+        src = "mode" if mode is not None else f"${MODE_ENV}"
+        raise ValueError(f"{src} must be one of {', '.join(MODES)}, got {raw!r}")
+    return raw
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Per-step TV = ½·Σ|p − q/Σq| over the last two axes (q renormalised), in float64."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    s = q.sum(axis=(-2, -1), keepdims=True)
+    q = np.divide(q, s, out=np.zeros_like(q), where=s > 0)
+    return 0.5 * np.abs(p - q).sum(axis=(-2, -1))
+
+
+# ----------------------------------------------------------------------------------------------- prediction
+_F32_ONE = np.int32(0x3F800000)  # bit pattern of 1.0f
+_K_MAX = 1 << 24  # lossy integers stay below 2^24: exact in float32, so the feature is invertible
+
+
+def _ctx_lut(thresholds: Sequence[float], shift: int, size: int, feature) -> np.ndarray:
+    """uint8 table: context id of (mean feature >> shift), from value thresholds mapped through `feature`."""
+    t = np.array([feature(v) for v in thresholds], dtype=np.int64)
+    keys = np.arange(size, dtype=np.int64) << shift
+    return np.searchsorted(t, keys, side="right").astype(np.uint8)
+
+
+# Contexts by predicted magnitude (a residual's spread grows with it). Lossy fields: on the float32 bit pattern
+# of k̂ + 1 (the geometric-mean prediction), so fractional predictions — most cells of a peaked map — get
+# contexts of their own. Exact fields: on the float16 pattern (≈ 1024·log2 p for normal values, linear for
+# the subnormals that dominate at 16,384 patches).
+_LOSSY_SHIFT = 19
+_LOSSY_LUT = _ctx_lut([0.05, 0.1, 0.2, 0.35, 0.6, 1, 1.6, 2.5, 4, 6.5, 10, 16, 25, 40, 64], _LOSSY_SHIFT,
+                      (32 << 23) >> _LOSSY_SHIFT,
+                      lambda v: int(np.float32(v + 1).view(np.int32)) - int(_F32_ONE))
+_EXACT_SHIFT = 3
+_EXACT_LUT = _ctx_lut([8, 32, 64, 128, 256, 512, 1024, 0x0C00, 0x1000, 0x1800, 0x2000, 0x2800, 0x3000, 0x3400,
+                       0x3800], _EXACT_SHIFT, (1 << 16) >> _EXACT_SHIFT, int)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One target set of the coding order: cells (r0 + i·s, c0 + j·s), shape (nr, nc), predicted from the
+    neighbours listed as (target slice, source slice) pairs; `div` is the neighbour count per target."""
+
+    target: tuple[slice, slice]
+    shape: tuple[int, int]
+    neighbours: tuple[tuple[tuple[slice, slice], tuple[slice, slice]], ...]
+    div: np.ndarray | None  # int32 [nr, nc], None when every target has 4 neighbours
+    half: np.ndarray | int
+
+
+_PASS_CACHE: dict[tuple[int, int], list[_Pass]] = {}
+
+
+def _passes(rows: int, cols: int) -> list[_Pass]:
+    """Hierarchical coding order for a rows × cols grid: cell (0, 0); then for strides s = 2ᴸ … 2 (2ᴸ ≥ the
+    grid side), the centres of the s-lattice (from their 4 diagonal neighbours at ±s/2), then the midpoints of
+    its edges (from their 4 axis neighbours). Neighbours outside the grid are skipped."""
+    key = (rows, cols)
+    if key in _PASS_CACHE:
+        return _PASS_CACHE[key]
+    top = 1
+    while top < max(rows, cols):
+        top *= 2
+    sets: list[tuple[int, int, int, tuple[tuple[int, int], ...]]] = [(0, 0, top, ())]
+    s = top
+    while s >= 2:
+        h = s // 2
+        diag = ((-h, -h), (-h, h), (h, -h), (h, h))
+        axes = ((-h, 0), (h, 0), (0, -h), (0, h))
+        sets += [(h, h, s, diag), (h, 0, s, axes), (0, h, s, axes)]
+        s = h
+    out = []
+    for r0, c0, s, offs in sets:
+        if r0 >= rows or c0 >= cols:
+            continue
+        nr, nc = len(range(r0, rows, s)), len(range(c0, cols, s))
+        cnt = np.zeros((nr, nc), dtype=np.int32)
+        nbs = []
+        for dr, dc in offs:
+            rr, cc = r0 + dr, c0 + dc
+            i0, j0 = int(rr < 0), int(cc < 0)
+            rs, cs = rr + i0 * s, cc + j0 * s
+            ni, nj = min(nr - i0, len(range(rs, rows, s))), min(nc - j0, len(range(cs, cols, s)))
+            if ni <= 0 or nj <= 0:
+                continue
+            tgt = (slice(i0, i0 + ni), slice(j0, j0 + nj))
+            nbs.append((tgt, (slice(rs, rs + (ni - 1) * s + 1, s), slice(cs, cs + (nj - 1) * s + 1, s))))
+            cnt[tgt] += 1
+        full = bool((cnt == 4).all())
+        div = None if full else np.maximum(cnt, 1)
+        out.append(_Pass((slice(r0, None, s), slice(c0, None, s)), (nr, nc), tuple(nbs), div,
+                         2 if full else div // 2))
+    _PASS_CACHE[key] = out
+    return out
+
+
+def _predict(F: np.ndarray, pas: _Pass) -> np.ndarray:
+    """Rounded mean of the known neighbours' features (exact int32 arithmetic), [m, nr, nc]; 0 without any."""
+    if pas.div is None:  # every target has all 4 neighbours
+        (_, a), (_, b), (_, c), (_, d) = pas.neighbours
+        acc = F[:, a[0], a[1]] + F[:, b[0], b[1]]
+        acc += F[:, c[0], c[1]]
+        acc += F[:, d[0], d[1]]
+        acc += 2
+        acc >>= 2
+        return acc
+    acc = np.zeros((F.shape[0], *pas.shape), dtype=np.int32)
+    for tgt, src in pas.neighbours:
+        acc[:, tgt[0], tgt[1]] += F[:, src[0], src[1]]
+    acc += pas.half
+    acc //= pas.div
+    return acc
+
+
+def _lossy_feature(k: np.ndarray) -> np.ndarray:
+    """float32 bit pattern of k + 1 minus that of 1.0: a piecewise-linear log2 in exact integers (k < 2^24)."""
+    return (k + 1).astype(np.float32).view(np.int32) - _F32_ONE
+
+
+def _lossy_from_feature(f: np.ndarray) -> np.ndarray:
+    """Inverse of `_lossy_feature` on a (mean) feature: the geometric-mean value, rounded to an integer."""
+    v = (f + _F32_ONE).view(np.float32) - np.float32(1.0)
+    return np.floor(v + np.float32(0.5)).astype(np.int32)
+
+
+def _pass_prediction(F: np.ndarray, pas: _Pass, kind: int) -> tuple[np.ndarray, np.ndarray]:
+    """(integer prediction int32, context id uint8) of one pass's target cells, both [m, nr, nc]."""
+    mean = _predict(F, pas)
+    if kind == KIND_LOSSY:
+        return _lossy_from_feature(mean), _LOSSY_LUT[mean >> _LOSSY_SHIFT]
+    return mean, _EXACT_LUT[mean >> _EXACT_SHIFT]
+
+
+def _zigzag(r: np.ndarray) -> np.ndarray:
+    return ((r << 1) ^ (r >> 31)).view(np.uint32)
+
+
+def _unzigzag(z: np.ndarray) -> np.ndarray:
+    return (z >> np.uint32(1)).view(np.int32) ^ -(z & np.uint32(1)).view(np.int32)
+
+
+# ------------------------------------------------------------------------------------------- entropy coding
+def _deflate(b: bytes) -> bytes:
+    co = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_HUFFMAN_ONLY)
+    return co.compress(b) + co.flush()
+
+
+def _inflate(b: bytes | memoryview, raw_len: int) -> bytes:
+    try:
+        d = zlib.decompressobj(-15)
+        out = d.decompress(b, raw_len)
+    except zlib.error as exc:
+        raise ValueError(f"corrupt pointer blob: {exc}") from None
+    if len(out) != raw_len:
+        raise ValueError(f"corrupt pointer blob: a stream decoded to {len(out)} bytes, expected {raw_len}")
+    return out
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _pack_streams(streams: Sequence[bytes]) -> bytes:
+    """Each stream as varint(raw length), varint(compressed length), deflated bytes (nothing when empty)."""
+    parts = []
+    for s in streams:
+        if not s:
+            parts.append(b"\x00")
+            continue
+        c = _deflate(s)
+        parts += [_varint(len(s)), _varint(len(c)), c]
+    return b"".join(parts)
+
+
+class _Reader:
+    def __init__(self, buf: bytes | memoryview, what: str):
+        self.buf = memoryview(buf)
+        self.pos = 0
+        self.what = what
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise ValueError(f"truncated pointer blob: {self.what} needs {n} more bytes at {self.pos}, "
+                             f"{len(self.buf) - self.pos} left")
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def varint(self) -> int:
+        v = shift = 0
+        while True:
+            b = self.take(1)[0]
+            v |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return v
+            shift += 7
+            if shift > 63:
+                raise ValueError(f"corrupt pointer blob: bad length in {self.what}")
+
+    def streams(self, count: int, max_raw: int) -> list[bytes]:
+        out = []
+        for _ in range(count):
+            raw_len = self.varint()
+            if raw_len == 0:
+                out.append(b"")
+                continue
+            if raw_len > max_raw:
+                raise ValueError(f"corrupt pointer blob: a stream in {self.what} claims {raw_len} bytes "
+                                 f"(at most {max_raw})")
+            out.append(_inflate(self.take(self.varint()), raw_len))
+        return out
+
+
+# ---------------------------------------------------------------------------------------- field coding
+def _encode_field(X: np.ndarray, kind: int) -> bytes:
+    """X int32 [m, rows, cols] (lossy k in [0, 2^24), or float16 bit patterns) → streams: per context a
+    symbol stream (lossy: the zig-zagged residual; exact: its high bits), for exact fields also a low-byte
+    plane per context, and one escape stream for symbols ≥ 255 (in coding order)."""
+    m, rows, cols = X.shape
+    F = _lossy_feature(X) if kind == KIND_LOSSY else X
+    ctxs, his, los, escs = [], [], [], []
+    for pas in _passes(rows, cols):
+        pred, ctx = _pass_prediction(F, pas, kind)
+        z = _zigzag(X[:, pas.target[0], pas.target[1]] - pred).ravel()
+        if kind == KIND_EXACT:
+            los.append(z.astype(np.uint8))
+            z = z >> np.uint32(8)
+        esc = z >= _ESC
+        if esc.any():
+            escs.append(z[esc] - np.uint32(_ESC))
+        his.append(np.minimum(z, _ESC).astype(np.uint8))
+        ctxs.append(ctx.ravel())
+    ctx_all = np.concatenate(ctxs)
+    order = np.argsort(ctx_all, kind="stable")
+    bounds = np.searchsorted(ctx_all[order], np.arange(_N_CTX + 1))
+    streams = []
+    for plane in [np.concatenate(his)] + ([np.concatenate(los)] if kind == KIND_EXACT else []):
+        srt = plane[order]
+        streams += [srt[bounds[c]:bounds[c + 1]].tobytes() for c in range(_N_CTX)]
+    streams.append(np.concatenate(escs).astype("<u4").tobytes() if escs else b"")
+    return _pack_streams(streams)
+
+
+def _decode_field(rd: _Reader, m: int, rows: int, cols: int, kind: int) -> np.ndarray:
+    n_planes = 1 if kind == KIND_LOSSY else 2
+    cells = m * rows * cols
+    streams = rd.streams(n_planes * _N_CTX + 1, 4 * cells)
+    planes = [[np.frombuffer(streams[p * _N_CTX + c], dtype=np.uint8) for c in range(_N_CTX)]
+              for p in range(n_planes)]
+    escape = np.frombuffer(streams[-1], dtype="<u4")
+    used = np.zeros((n_planes, _N_CTX), dtype=np.int64)
+    esc_used = 0
+    F = np.zeros((m, rows, cols), dtype=np.int32)  # lossy: features (k is recovered at the end); exact: patterns
+    for pas in _passes(rows, cols):
+        pred, ctx = _pass_prediction(F, pas, kind)
+        flat_ctx = ctx.ravel()
+        order = np.argsort(flat_ctx, kind="stable")
+        counts = np.bincount(flat_ctx, minlength=_N_CTX)
+        vals = []
+        for p in range(n_planes):
+            parts = []
+            for c in np.flatnonzero(counts):
+                a, b = used[p, c], used[p, c] + counts[c]
+                if b > planes[p][c].size:
+                    raise ValueError("corrupt pointer blob: a context stream ended early")
+                parts.append(planes[p][c][a:b])
+                used[p, c] = b
+            v = np.empty(flat_ctx.size, dtype=np.uint8)
+            v[order] = np.concatenate(parts)
+            vals.append(v)
+        z = vals[0].astype(np.uint32)
+        esc = np.flatnonzero(z == _ESC)
+        if esc.size:
+            if esc_used + esc.size > escape.size:
+                raise ValueError("corrupt pointer blob: the escape stream ended early")
+            z[esc] += escape[esc_used:esc_used + esc.size]
+            esc_used += esc.size
+        if kind == KIND_EXACT:
+            z = (z << np.uint32(8)) | vals[1]
+        v = pred + _unzigzag(z).reshape(pred.shape)
+        F[:, pas.target[0], pas.target[1]] = _lossy_feature(v) if kind == KIND_LOSSY else v
+    if any(int(used[p, c]) != planes[p][c].size for p in range(n_planes) for c in range(_N_CTX)) \
+            or esc_used != escape.size:
+        raise ValueError("corrupt pointer blob: streams hold more symbols than the grid has cells")
+    lim = (0, int(_lossy_feature(np.array(_K_MAX - 1)))) if kind == KIND_LOSSY else (0, 0xFFFF)
+    if F.size and (int(F.min()) < lim[0] or int(F.max()) > lim[1]):
+        raise ValueError("corrupt pointer blob: decoded value out of range")
+    if kind == KIND_LOSSY:
+        return ((F + _F32_ONE).view(np.float32) - np.float32(1.0)).astype(np.int32)
+    return F
+
+
+# ------------------------------------------------------------------------------------------- quantisation
+def _to_float16(x: np.ndarray) -> np.ndarray:
+    from .store import to_float16  # lazy: store will import this module
+
+    return to_float16(x)
+
+
+def _quantise(P: np.ndarray, tv: float) -> tuple[np.ndarray, np.ndarray]:
+    """P float32 [m, rows, cols] → (k int32, ok bool [m]): k = round(P/a) with, per step, the largest step a
+    found for which the decoded q = k/Σk (computed exactly as `decode` returns it) has TV(P, q) ≤ tv. A
+    bracketing secant search (TV ≈ N·a/8 is nearly linear in a) settles most steps in one or two tries. ok is
+    False where no a works; those steps are stored exactly instead."""
+    m = P.shape[0]
+    a = np.full(m, 8.0 * tv / (P.shape[1] * P.shape[2]))
+    lo = np.zeros(m)  # largest a known to meet tv
+    hi = np.full(m, np.inf)  # smallest a known to fail
+    k = np.zeros(P.shape, dtype=np.int32)
+    pmax = P.max(axis=(1, 2)).astype(np.float64)
+    a = np.maximum(a, pmax / (_K_MAX - 1))  # keep k below 2^24
+    todo = np.arange(m)
+    for _ in range(10):
+        if todo.size == 0:
+            break
+        kk = np.rint(P[todo] * (1.0 / a[todo, None, None]).astype(np.float32)).astype(np.int32)
+        np.minimum(kk, _K_MAX - 1, out=kk)
+        empty = ~kk.any(axis=(1, 2))
+        d = P[todo] - _dequantise(kk)
+        np.abs(d, out=d)
+        t = np.where(empty, np.inf, 0.5 * d.sum(axis=(1, 2), dtype=np.float64))
+        at = a[todo]
+        good = t <= tv
+        k[todo[good]] = kk[good]
+        lo[todo[good]] = at[good]
+        hi[todo[~good]] = np.minimum(hi[todo[~good]], at[~good])
+        ratio = np.where(t > 0, 0.985 * tv / np.where(t > 0, t, 1.0), 16.0)
+        nxt = at * np.clip(ratio, 0.25, 16.0)
+        h, lo_t = hi[todo], lo[todo]
+        nxt = np.where((nxt > lo_t) & (nxt < h), nxt, np.where(lo_t > 0, np.sqrt(lo_t * np.minimum(h, 16 * lo_t)), nxt))
+        nxt = np.maximum(nxt, pmax[todo] / (_K_MAX - 1))
+        finished = (good & (t >= 0.93 * tv)) | ((lo_t > 0) & (np.minimum(h, nxt) < 1.02 * lo_t))
+        a[todo] = nxt
+        todo = todo[~finished]
+    return k, lo > 0
+
+
+def _dequantise(k: np.ndarray) -> np.ndarray:
+    """k int [m, rows, cols] → float32 q = k / Σk per step, exactly what `decode` returns (float32 IEEE ops)."""
+    s = k.sum(axis=(1, 2), dtype=np.int64, keepdims=True).astype(np.float32)
+    return k.astype(np.float32) / np.maximum(s, np.float32(1))
+
+
+# --------------------------------------------------------------------------------------------- public API
+def encode(
+    pointers: np.ndarray,
+    p_copy: Sequence[float] | np.ndarray | None = None,
+    is_copy: Sequence[bool] | np.ndarray | None = None,
+    *,
+    mode: str | None = None,
+    tv: float = DEFAULT_TV,
+    copy_threshold: float = COPY_THRESHOLD,
+) -> bytes:
+    """Encode pointers float [n, rows, cols] (non-negative, each step summing to ~1) into a v1 blob.
+
+    Steps with `is_copy` or `p_copy` ≥ `copy_threshold` are stored as exact float16; the others lossily with
+    TV ≤ `tv` (≤ 1e-2) — all exactly in `mode="lossless"` (default: $V1STUDIO_POINTERS, else "compact").
+    Raises ValueError for a wrong shape, NaN/inf/negative values, or out-of-range settings."""
+    mode = resolve_mode(mode)
+    P = np.asarray(pointers)
+    if P.ndim != 3 or P.shape[1] <= 0 or P.shape[2] <= 0:
+        raise ValueError(f"pointers must be [n_steps, rows, cols] with rows, cols ≥ 1, got shape {P.shape}")
+    n, rows, cols = (int(v) for v in P.shape)
+    if n >= 1 << 32 or rows >= 1 << 16 or cols >= 1 << 16:
+        raise ValueError(f"pointer array {P.shape} is beyond the format's limits")
+    if not 0 < tv <= TV_BOUND:
+        raise ValueError(f"tv must be in (0, {TV_BOUND}], got {tv}")
+    P = np.ascontiguousarray(P, dtype=np.float32)
+    if n and not np.isfinite(P).all():
+        raise ValueError("a pointer distribution has NaN or infinite values")
+    if n and (P < 0).any():
+        raise ValueError("a pointer distribution has negative values; pointers are probabilities")
+    keep = np.zeros(n, dtype=bool)
+    for name, v in (("p_copy", p_copy), ("is_copy", is_copy)):
+        if v is not None and len(v) != n:
+            raise ValueError(f"{name} has {len(v)} entries for {n} steps")
+    if is_copy is not None:
+        keep |= np.asarray(is_copy, dtype=bool)
+    if p_copy is not None:
+        keep |= np.asarray(p_copy, dtype=np.float64) >= copy_threshold
+    if mode == "lossless":
+        keep[:] = True
+
+    kinds = np.where(keep, KIND_EXACT, KIND_LOSSY).astype(np.uint8)
+    per = max(1, GROUP_CELLS // (rows * cols))
+    groups = []
+    for a in range(0, n, per):
+        b = min(n, a + per)
+        G = P[a:b]
+        lossy = ~keep[a:b]
+        parts = []
+        if lossy.any():
+            k, ok = _quantise(G[lossy], tv)
+            if not ok.all():  # no valid step size: store those exactly
+                idx = np.flatnonzero(lossy)[~ok]
+                kinds[a + idx] = KIND_EXACT
+                lossy[idx] = False
+                k = k[ok]
+            if k.shape[0]:
+                parts.append(_encode_field(k, KIND_LOSSY))
+        if (~lossy).any():
+            h = _to_float16(G[~lossy])
+            if ((h.view(np.uint16) & 0x7C00) == 0x7C00).any():
+                raise ValueError("a pointer distribution has values beyond float16's range")
+            parts.append(_encode_field(h.view(np.uint16).astype(np.int32), KIND_EXACT))
+        groups.append(b"".join(parts))
+    flags = FLAG_LOSSLESS if mode == "lossless" else 0
+    head = _HEAD.pack(MAGIC, FORMAT_VERSION, flags, 0, n, rows, cols, per) + kinds.tobytes()
+    off = 0
+    table = []
+    for g in groups:
+        table.append(_GROUP.pack(off, len(g), zlib.crc32(g)))
+        off += len(g)
+    head += b"".join(table)
+    head += _U32.pack(zlib.crc32(head))
+    return head + b"".join(groups)
+
+
+@dataclass(frozen=True)
+class PointerBlobInfo:
+    """What a stored pointer blob is: `format` "legacy-float16" or "v1"."""
+
+    format: str
+    n_steps: int
+    grid: tuple[int, int]
+    nbytes: int
+    version: int | None = None
+    lossless: bool = False
+    n_exact: int = 0  # steps stored as exact float16 (all of them for legacy blobs)
+    steps_per_group: int = 0
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    n: int
+    rows: int
+    cols: int
+    per: int
+    flags: int
+    kinds: np.ndarray
+    table: list[tuple[int, int, int]]
+    payload: memoryview
+
+
+def _parse(blob: bytes | memoryview, n: int, grid: Sequence[int]) -> _Parsed | None:
+    """The parsed v1 header, or None for a legacy raw float16 blob. Raises ValueError for anything else."""
+    rows, cols = int(grid[0]), int(grid[1])
+    if n < 0 or rows <= 0 or cols <= 0:
+        raise ValueError(f"bad pointer shape: {n} steps on a {rows}×{cols} grid")
+    buf = memoryview(blob).cast("B") if not isinstance(blob, bytes) else memoryview(blob)
+    legacy_len = n * rows * cols * 2
+    if len(buf) >= _HEAD.size and bytes(buf[:4]) == MAGIC:
+        magic, version, flags, _, bn, br, bc, per = _HEAD.unpack(buf[:_HEAD.size])
+        if version == FORMAT_VERSION:
+            n_groups = -(-bn // per) if per else -1
+            head_len = _HEAD.size + bn + n_groups * _GROUP.size
+            if per > 0 and len(buf) >= head_len + 4 and \
+                    _U32.unpack(buf[head_len:head_len + 4])[0] == zlib.crc32(buf[:head_len]):
+                if (bn, br, bc) != (n, rows, cols):
+                    raise ValueError(f"pointer blob holds {bn} steps on a {br}×{bc} grid, expected {n} on "
+                                     f"{rows}×{cols}")
+                kinds = np.frombuffer(buf[_HEAD.size:_HEAD.size + bn], dtype=np.uint8)
+                if (kinds > KIND_EXACT).any():
+                    raise ValueError("corrupt pointer blob: unknown step kind")
+                t0 = _HEAD.size + bn
+                table = [_GROUP.unpack(buf[t0 + i * _GROUP.size:t0 + (i + 1) * _GROUP.size]) for i in range(n_groups)]
+                return _Parsed(bn, br, bc, per, flags, kinds, table, buf[head_len + 4:])
+            if len(buf) != legacy_len:
+                raise ValueError("corrupt or truncated pointer blob (v1 header does not check out)")
+        elif len(buf) != legacy_len:
+            raise ValueError(f"pointer blob format version {version} is newer than this v1 Studio reads "
+                             f"(≤ {FORMAT_VERSION}); upgrade to read it")
+    if len(buf) == legacy_len:
+        return None
+    raise ValueError(f"pointer blob has {len(buf)} bytes: neither a v1 pointer blob nor raw float16 "
+                     f"({legacy_len} bytes for {n}×{rows}×{cols})")
+
+
+def blob_info(blob: bytes | memoryview, n: int, grid: Sequence[int]) -> PointerBlobInfo:
+    p = _parse(blob, n, grid)
+    g = (int(grid[0]), int(grid[1]))
+    if p is None:
+        return PointerBlobInfo("legacy-float16", n, g, len(blob), n_exact=n)
+    return PointerBlobInfo("v1", n, g, len(blob), FORMAT_VERSION, bool(p.flags & FLAG_LOSSLESS),
+                           int((p.kinds == KIND_EXACT).sum()), p.per)
+
+
+def _decode_group(p: _Parsed, gi: int) -> np.ndarray:
+    off, length, crc = p.table[gi]
+    if off + length > len(p.payload):
+        raise ValueError(f"truncated pointer blob: group {gi} needs bytes {off}–{off + length}, "
+                         f"payload has {len(p.payload)}")
+    body = p.payload[off:off + length]
+    if zlib.crc32(body) != crc:
+        raise ValueError(f"corrupt pointer blob: group {gi} fails its CRC check")
+    a = gi * p.per
+    b = min(p.n, a + p.per)
+    kinds = p.kinds[a:b]
+    out = np.empty((b - a, p.rows, p.cols), dtype=np.float32)
+    rd = _Reader(body, f"group {gi}")
+    lossy = kinds == KIND_LOSSY
+    if lossy.any():
+        out[lossy] = _dequantise(_decode_field(rd, int(lossy.sum()), p.rows, p.cols, KIND_LOSSY))
+    if (~lossy).any():
+        u = _decode_field(rd, int((~lossy).sum()), p.rows, p.cols, KIND_EXACT)
+        out[~lossy] = u.astype(np.uint16).view("<f2").astype(np.float32)
+    if rd.pos != len(body):
+        raise ValueError(f"corrupt pointer blob: group {gi} has {len(body) - rd.pos} trailing bytes")
+    return out
+
+
+def decode_steps(blob: bytes | memoryview, n: int, grid: Sequence[int], start: int, stop: int) -> np.ndarray:
+    """Steps [start, stop) as float32 [stop − start, rows, cols], decoding only the groups they touch."""
+    rows, cols = int(grid[0]), int(grid[1])
+    if not 0 <= start <= stop <= n:
+        raise IndexError(f"step range [{start}, {stop}) is outside 0–{n}")
+    p = _parse(blob, n, grid)
+    if p is None:
+        b = rows * cols * 2
+        return np.frombuffer(bytes(memoryview(blob)[start * b:stop * b]), dtype="<f2") \
+            .reshape(stop - start, rows, cols).astype(np.float32)
+    if start == stop:
+        return np.zeros((0, rows, cols), dtype=np.float32)
+    g0, g1 = start // p.per, (stop - 1) // p.per
+    parts = [_decode_group(p, g) for g in range(g0, g1 + 1)]
+    allp = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return allp[start - g0 * p.per: stop - g0 * p.per]
+
+
+def decode_step(blob: bytes | memoryview, n: int, grid: Sequence[int], index: int) -> np.ndarray:
+    """One step's pointer, float32 [rows, cols]."""
+    if not 0 <= index < n:
+        raise IndexError(f"the blob has {n} steps; there is no step {index}")
+    return decode_steps(blob, n, grid, index, index + 1)[0]
+
+
+def decode(blob: bytes | memoryview, n: int, grid: Sequence[int]) -> np.ndarray:
+    """All steps as float32 [n, rows, cols]; reads v1 blobs and legacy raw float16 blobs."""
+    return decode_steps(blob, n, grid, 0, n)
