@@ -77,6 +77,7 @@ MODE_ENV = "V1STUDIO_POINTERS"
 MODES = ("compact", "lossless")
 DEFAULT_TV = 0.0095  # target TV of a lossy step (encoder-enforced); the promised bound is TV_BOUND
 TV_BOUND = 0.01
+COPY_TV_BOUND = 1e-3
 COPY_THRESHOLD = 0.2
 GROUP_CELLS = 1 << 17  # cells per group, the unit of random access
 KIND_LOSSY, KIND_EXACT = 0, 1
@@ -85,7 +86,9 @@ FLAG_LOSSLESS = 1
 _HEAD = struct.Struct("<4sBBHIIII")  # magic, version, flags, reserved, n, rows, cols, steps per group
 _GROUP = struct.Struct("<III")  # offset (from payload start), length, crc32
 _U32 = struct.Struct("<I")
+_GROUP_CODED, _GROUP_RAW = b"\x00", b"\x01"
 _N_CTX = 16
+_CTX_EDGES = np.arange(_N_CTX + 1, dtype=np.uint8)
 _ESC = 255
 
 
@@ -111,6 +114,7 @@ def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- prediction
 _F32_ONE = np.int32(0x3F800000)  # bit pattern of 1.0f
 _K_MAX = 1 << 24  # lossy integers stay below 2^24: exact in float32, so the feature is invertible
+_TV_SLACK = 2e-6  # covers float32 rounding in the encoder's TV check vs a float64 TV after renormalising
 
 
 def _ctx_lut(thresholds: Sequence[float], shift: int, size: int, feature) -> np.ndarray:
@@ -134,18 +138,48 @@ _EXACT_LUT = _ctx_lut([8, 32, 64, 128, 256, 512, 1024, 0x0C00, 0x1000, 0x1800, 0
 
 
 @dataclass(frozen=True)
-class _Pass:
-    """One target set of the coding order: cells (r0 + i·s, c0 + j·s), shape (nr, nc), predicted from the
-    neighbours listed as (target slice, source slice) pairs; `div` is the neighbour count per target."""
+class _Block:
+    """A rectangle of a pass's target grid with its neighbours as (target slice, source slice) pairs; `div`
+    is the neighbour count per target (int32), None when all four exist everywhere in the block."""
 
     target: tuple[slice, slice]
     shape: tuple[int, int]
     neighbours: tuple[tuple[tuple[slice, slice], tuple[slice, slice]], ...]
-    div: np.ndarray | None  # int32 [nr, nc], None when every target has 4 neighbours
-    half: np.ndarray | int
+    div: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One target set of the coding order: cells (r0 + i·s, c0 + j·s), shape (nr, nc), in blocks: the
+    interior, where all four neighbours exist, and the border strips around it."""
+
+    target: tuple[slice, slice]
+    shape: tuple[int, int]
+    blocks: tuple[_Block, ...]
 
 
 _PASS_CACHE: dict[tuple[int, int], list[_Pass]] = {}
+
+
+def _block(nbs: list[tuple[int, int, int, int, int, int]], s: int, i0: int, i1: int, j0: int, j1: int) -> _Block | None:
+    """The block [i0, i1) × [j0, j1) of a target grid; `nbs` lists each neighbour as (first valid i, count,
+    first valid j, count, source row of that first i, source col of that first j)."""
+    if i1 <= i0 or j1 <= j0:
+        return None
+    cnt = np.zeros((i1 - i0, j1 - j0), dtype=np.int32)
+    pairs = []
+    for a0, na, b0, nb, rs, cs in nbs:
+        lo_i, hi_i = max(i0, a0), min(i1, a0 + na)
+        lo_j, hi_j = max(j0, b0), min(j1, b0 + nb)
+        if hi_i <= lo_i or hi_j <= lo_j:
+            continue
+        r, c = rs + (lo_i - a0) * s, cs + (lo_j - b0) * s
+        tgt = (slice(lo_i - i0, hi_i - i0), slice(lo_j - j0, hi_j - j0))
+        pairs.append((tgt, (slice(r, r + (hi_i - lo_i - 1) * s + 1, s), slice(c, c + (hi_j - lo_j - 1) * s + 1, s))))
+        cnt[tgt] += 1
+    full = len(pairs) == 4 and bool((cnt == 4).all())
+    return _Block((slice(i0, i1), slice(j0, j1)), (i1 - i0, j1 - j0), tuple(pairs),
+                  None if full else np.maximum(cnt, 1))
 
 
 def _passes(rows: int, cols: int) -> list[_Pass]:
@@ -171,42 +205,47 @@ def _passes(rows: int, cols: int) -> list[_Pass]:
         if r0 >= rows or c0 >= cols:
             continue
         nr, nc = len(range(r0, rows, s)), len(range(c0, cols, s))
-        cnt = np.zeros((nr, nc), dtype=np.int32)
         nbs = []
         for dr, dc in offs:
             rr, cc = r0 + dr, c0 + dc
             i0, j0 = int(rr < 0), int(cc < 0)
             rs, cs = rr + i0 * s, cc + j0 * s
             ni, nj = min(nr - i0, len(range(rs, rows, s))), min(nc - j0, len(range(cs, cols, s)))
-            if ni <= 0 or nj <= 0:
-                continue
-            tgt = (slice(i0, i0 + ni), slice(j0, j0 + nj))
-            nbs.append((tgt, (slice(rs, rs + (ni - 1) * s + 1, s), slice(cs, cs + (nj - 1) * s + 1, s))))
-            cnt[tgt] += 1
-        full = bool((cnt == 4).all())
-        div = None if full else np.maximum(cnt, 1)
-        out.append(_Pass((slice(r0, None, s), slice(c0, None, s)), (nr, nc), tuple(nbs), div,
-                         2 if full else div // 2))
+            if ni > 0 and nj > 0:
+                nbs.append((i0, ni, j0, nj, rs, cs))
+        if len(nbs) == 4:  # interior: where every neighbour is valid
+            a0, a1 = max(n[0] for n in nbs), min(n[0] + n[1] for n in nbs)
+            b0, b1 = max(n[2] for n in nbs), min(n[2] + n[3] for n in nbs)
+        else:
+            a0 = a1 = b0 = b1 = 0
+        if a1 <= a0 or b1 <= b0:
+            a0 = a1 = b0 = b1 = 0
+        rects = [(a0, a1, b0, b1), (0, a0, 0, nc), (a1, nr, 0, nc), (a0, a1, 0, b0), (a0, a1, b1, nc)] \
+            if a1 > a0 else [(0, nr, 0, nc)]
+        blocks = tuple(b for b in (_block(nbs, s, *r) for r in rects) if b is not None)
+        out.append(_Pass((slice(r0, None, s), slice(c0, None, s)), (nr, nc), blocks))
     _PASS_CACHE[key] = out
     return out
 
 
 def _predict(F: np.ndarray, pas: _Pass) -> np.ndarray:
-    """Rounded mean of the known neighbours' features (exact int32 arithmetic), [m, nr, nc]; 0 without any."""
-    if pas.div is None:  # every target has all 4 neighbours
-        (_, a), (_, b), (_, c), (_, d) = pas.neighbours
-        acc = F[:, a[0], a[1]] + F[:, b[0], b[1]]
-        acc += F[:, c[0], c[1]]
-        acc += F[:, d[0], d[1]]
-        acc += 2
-        acc >>= 2
-        return acc
-    acc = np.zeros((F.shape[0], *pas.shape), dtype=np.int32)
-    for tgt, src in pas.neighbours:
-        acc[:, tgt[0], tgt[1]] += F[:, src[0], src[1]]
-    acc += pas.half
-    acc //= pas.div
-    return acc
+    """Mean (floored) of the known neighbours' features in exact int32 arithmetic, [m, nr, nc]; 0 without any.
+    (The floor's bias, under one unit of a 2^-23-relative feature or of a float16 ulp, costs nothing.)"""
+    out = np.empty((F.shape[0], *pas.shape), dtype=np.int32)
+    for blk in pas.blocks:
+        if blk.div is None:
+            (_, a), (_, b), (_, c), (_, d) = blk.neighbours
+            acc = F[:, a[0], a[1]] + F[:, b[0], b[1]]
+            acc += F[:, c[0], c[1]]
+            acc += F[:, d[0], d[1]]
+            acc >>= 2
+        else:
+            acc = np.zeros((F.shape[0], *blk.shape), dtype=np.int32)
+            for tgt, srcs in blk.neighbours:
+                acc[:, tgt[0], tgt[1]] += F[:, srcs[0], srcs[1]]
+            acc //= blk.div
+        out[:, blk.target[0], blk.target[1]] = acc
+    return out
 
 
 def _lossy_feature(k: np.ndarray) -> np.ndarray:
@@ -224,8 +263,8 @@ def _pass_prediction(F: np.ndarray, pas: _Pass, kind: int) -> tuple[np.ndarray, 
     """(integer prediction int32, context id uint8) of one pass's target cells, both [m, nr, nc]."""
     mean = _predict(F, pas)
     if kind == KIND_LOSSY:
-        return _lossy_from_feature(mean), _LOSSY_LUT[mean >> _LOSSY_SHIFT]
-    return mean, _EXACT_LUT[mean >> _EXACT_SHIFT]
+        return _lossy_from_feature(mean), np.take(_LOSSY_LUT, mean >> _LOSSY_SHIFT)
+    return mean, np.take(_EXACT_LUT, mean >> _EXACT_SHIFT)
 
 
 def _zigzag(r: np.ndarray) -> np.ndarray:
@@ -317,78 +356,88 @@ class _Reader:
 
 
 # ---------------------------------------------------------------------------------------- field coding
+def _symbols(kind: int) -> tuple[type, int]:
+    """Symbol type and escape value of a field kind: lossy residuals are bytes, float16-pattern residuals
+    16-bit (stored as a low-byte and a high-byte plane per context)."""
+    return (np.uint8, 0xFF) if kind == KIND_LOSSY else (np.uint16, 0xFFFF)
+
+
 def _encode_field(X: np.ndarray, kind: int) -> bytes:
-    """X int32 [m, rows, cols] (lossy k in [0, 2^24), or float16 bit patterns) → streams: per context a
-    symbol stream (lossy: the zig-zagged residual; exact: its high bits), for exact fields also a low-byte
-    plane per context, and one escape stream for symbols ≥ 255 (in coding order)."""
+    """X int32 [m, rows, cols] (lossy k in [0, 2^24), or float16 bit patterns) → streams: per context the
+    zig-zagged residuals in coding order (lossy: one byte each; exact: a low-byte and a high-byte plane), then
+    one escape stream (uint32, in coding order) for symbols at the escape value."""
     m, rows, cols = X.shape
+    sym_t, esc_v = _symbols(kind)
     F = _lossy_feature(X) if kind == KIND_LOSSY else X
-    ctxs, his, los, escs = [], [], [], []
+    ctxs, syms, escs = [], [], []
     for pas in _passes(rows, cols):
         pred, ctx = _pass_prediction(F, pas, kind)
         z = _zigzag(X[:, pas.target[0], pas.target[1]] - pred).ravel()
-        if kind == KIND_EXACT:
-            los.append(z.astype(np.uint8))
-            z = z >> np.uint32(8)
-        esc = z >= _ESC
+        esc = z >= esc_v
         if esc.any():
-            escs.append(z[esc] - np.uint32(_ESC))
-        his.append(np.minimum(z, _ESC).astype(np.uint8))
+            escs.append(z[esc] - np.uint32(esc_v))
+        syms.append(np.minimum(z, esc_v).astype(sym_t))
         ctxs.append(ctx.ravel())
     ctx_all = np.concatenate(ctxs)
     order = np.argsort(ctx_all, kind="stable")
-    bounds = np.searchsorted(ctx_all[order], np.arange(_N_CTX + 1))
+    bounds = np.searchsorted(ctx_all[order], _CTX_EDGES)
+    srt = np.concatenate(syms)[order]
     streams = []
-    for plane in [np.concatenate(his)] + ([np.concatenate(los)] if kind == KIND_EXACT else []):
-        srt = plane[order]
-        streams += [srt[bounds[c]:bounds[c + 1]].tobytes() for c in range(_N_CTX)]
+    for c in range(_N_CTX):
+        part = srt[bounds[c]:bounds[c + 1]]
+        if kind == KIND_LOSSY:
+            streams.append(part.tobytes())
+        else:
+            streams += [part.astype(np.uint8).tobytes(), (part >> 8).astype(np.uint8).tobytes()]
     streams.append(np.concatenate(escs).astype("<u4").tobytes() if escs else b"")
     return _pack_streams(streams)
 
 
 def _decode_field(rd: _Reader, m: int, rows: int, cols: int, kind: int) -> np.ndarray:
-    n_planes = 1 if kind == KIND_LOSSY else 2
+    sym_t, esc_v = _symbols(kind)
+    per_ctx = 1 if kind == KIND_LOSSY else 2
     cells = m * rows * cols
-    streams = rd.streams(n_planes * _N_CTX + 1, 4 * cells)
-    planes = [[np.frombuffer(streams[p * _N_CTX + c], dtype=np.uint8) for c in range(_N_CTX)]
-              for p in range(n_planes)]
+    streams = rd.streams(per_ctx * _N_CTX + 1, 4 * cells)
+    ctx_syms = []
+    for c in range(_N_CTX):
+        if kind == KIND_LOSSY:
+            ctx_syms.append(np.frombuffer(streams[c], dtype=np.uint8))
+            continue
+        lo, hi = (np.frombuffer(streams[2 * c + j], dtype=np.uint8) for j in (0, 1))
+        if lo.size != hi.size:
+            raise ValueError("corrupt pointer blob: byte planes of different lengths")
+        ctx_syms.append(lo.astype(np.uint16) | (hi.astype(np.uint16) << 8))
     escape = np.frombuffer(streams[-1], dtype="<u4")
-    used = np.zeros((n_planes, _N_CTX), dtype=np.int64)
+    used = np.zeros(_N_CTX, dtype=np.int64)
     esc_used = 0
     F = np.zeros((m, rows, cols), dtype=np.int32)  # lossy: features (k is recovered at the end); exact: patterns
     for pas in _passes(rows, cols):
         pred, ctx = _pass_prediction(F, pas, kind)
         flat_ctx = ctx.ravel()
         order = np.argsort(flat_ctx, kind="stable")
-        counts = np.bincount(flat_ctx, minlength=_N_CTX)
-        vals = []
-        for p in range(n_planes):
-            parts = []
-            for c in np.flatnonzero(counts):
-                a, b = used[p, c], used[p, c] + counts[c]
-                if b > planes[p][c].size:
-                    raise ValueError("corrupt pointer blob: a context stream ended early")
-                parts.append(planes[p][c][a:b])
-                used[p, c] = b
-            v = np.empty(flat_ctx.size, dtype=np.uint8)
-            v[order] = np.concatenate(parts)
-            vals.append(v)
-        z = vals[0].astype(np.uint32)
-        esc = np.flatnonzero(z == _ESC)
+        counts = np.diff(np.searchsorted(flat_ctx[order], _CTX_EDGES))
+        parts = []
+        for c in np.flatnonzero(counts):
+            a, b = used[c], used[c] + counts[c]
+            if b > ctx_syms[c].size:
+                raise ValueError("corrupt pointer blob: a context stream ended early")
+            parts.append(ctx_syms[c][a:b])
+            used[c] = b
+        v = np.empty(flat_ctx.size, dtype=sym_t)
+        v[order] = np.concatenate(parts)
+        z = v.astype(np.uint32)
+        esc = np.flatnonzero(v == esc_v)
         if esc.size:
             if esc_used + esc.size > escape.size:
                 raise ValueError("corrupt pointer blob: the escape stream ended early")
             z[esc] += escape[esc_used:esc_used + esc.size]
             esc_used += esc.size
-        if kind == KIND_EXACT:
-            z = (z << np.uint32(8)) | vals[1]
-        v = pred + _unzigzag(z).reshape(pred.shape)
-        F[:, pas.target[0], pas.target[1]] = _lossy_feature(v) if kind == KIND_LOSSY else v
-    if any(int(used[p, c]) != planes[p][c].size for p in range(n_planes) for c in range(_N_CTX)) \
-            or esc_used != escape.size:
+        val = pred + _unzigzag(z).reshape(pred.shape)
+        F[:, pas.target[0], pas.target[1]] = _lossy_feature(val) if kind == KIND_LOSSY else val
+    if any(int(used[c]) != ctx_syms[c].size for c in range(_N_CTX)) or esc_used != escape.size:
         raise ValueError("corrupt pointer blob: streams hold more symbols than the grid has cells")
-    lim = (0, int(_lossy_feature(np.array(_K_MAX - 1)))) if kind == KIND_LOSSY else (0, 0xFFFF)
-    if F.size and (int(F.min()) < lim[0] or int(F.max()) > lim[1]):
+    lim = int(_lossy_feature(np.array(_K_MAX - 1))) if kind == KIND_LOSSY else 0xFFFF
+    if F.size and (int(F.min()) < 0 or int(F.max()) > lim):
         raise ValueError("corrupt pointer blob: decoded value out of range")
     if kind == KIND_LOSSY:
         return ((F + _F32_ONE).view(np.float32) - np.float32(1.0)).astype(np.int32)
@@ -402,13 +451,14 @@ def _to_float16(x: np.ndarray) -> np.ndarray:
     return to_float16(x)
 
 
-def _quantise(P: np.ndarray, tv: float) -> tuple[np.ndarray, np.ndarray]:
+def _quantise(P: np.ndarray, tv: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """P float32 [m, rows, cols] → (k int32, ok bool [m]): k = round(P/a) with, per step, the largest step a
     found for which the decoded q = k/Σk (computed exactly as `decode` returns it) has TV(P, q) ≤ tv. A
     bracketing secant search (TV ≈ N·a/8 is nearly linear in a) settles most steps in one or two tries. ok is
     False where no a works; those steps are stored exactly instead."""
     m = P.shape[0]
-    a = np.full(m, 8.0 * tv / (P.shape[1] * P.shape[2]))
+    tv = np.broadcast_to(np.asarray(tv, dtype=np.float64), (m,))
+    a = 8.0 * tv / (P.shape[1] * P.shape[2])
     lo = np.zeros(m)  # largest a known to meet tv
     hi = np.full(m, np.inf)  # smallest a known to fail
     k = np.zeros(P.shape, dtype=np.int32)
@@ -424,17 +474,17 @@ def _quantise(P: np.ndarray, tv: float) -> tuple[np.ndarray, np.ndarray]:
         d = P[todo] - _dequantise(kk)
         np.abs(d, out=d)
         t = np.where(empty, np.inf, 0.5 * d.sum(axis=(1, 2), dtype=np.float64))
-        at = a[todo]
-        good = t <= tv
+        at, tvt = a[todo], tv[todo]
+        good = t + _TV_SLACK <= tvt
         k[todo[good]] = kk[good]
         lo[todo[good]] = at[good]
         hi[todo[~good]] = np.minimum(hi[todo[~good]], at[~good])
-        ratio = np.where(t > 0, 0.985 * tv / np.where(t > 0, t, 1.0), 16.0)
+        ratio = np.where(t > 0, 0.985 * tvt / np.where(t > 0, t, 1.0), 16.0)
         nxt = at * np.clip(ratio, 0.25, 16.0)
         h, lo_t = hi[todo], lo[todo]
         nxt = np.where((nxt > lo_t) & (nxt < h), nxt, np.where(lo_t > 0, np.sqrt(lo_t * np.minimum(h, 16 * lo_t)), nxt))
         nxt = np.maximum(nxt, pmax[todo] / (_K_MAX - 1))
-        finished = (good & (t >= 0.93 * tv)) | ((lo_t > 0) & (np.minimum(h, nxt) < 1.02 * lo_t))
+        finished = (good & (t >= 0.93 * tvt)) | ((lo_t > 0) & (np.minimum(h, nxt) < 1.02 * lo_t))
         a[todo] = nxt
         todo = todo[~finished]
     return k, lo > 0
@@ -455,12 +505,14 @@ def encode(
     mode: str | None = None,
     tv: float = DEFAULT_TV,
     copy_threshold: float = COPY_THRESHOLD,
+    copy_tv: float | None = None,
 ) -> bytes:
     """Encode pointers float [n, rows, cols] (non-negative, each step summing to ~1) into a v1 blob.
 
-    Steps with `is_copy` or `p_copy` ≥ `copy_threshold` are stored as exact float16; the others lossily with
-    TV ≤ `tv` (≤ 1e-2) — all exactly in `mode="lossless"` (default: $V1STUDIO_POINTERS, else "compact").
-    Raises ValueError for a wrong shape, NaN/inf/negative values, or out-of-range settings."""
+    Steps with `is_copy` or `p_copy` ≥ `copy_threshold` are stored as exact float16 (or, with `copy_tv`, lossily
+    with TV ≤ copy_tv ≤ 1e-3); the others lossily with TV ≤ `tv` (≤ 1e-2). `mode="lossless"` stores every step
+    exactly; the default mode is $V1STUDIO_POINTERS, else "compact". Raises ValueError for a wrong shape,
+    NaN/inf/negative values, or out-of-range settings."""
     mode = resolve_mode(mode)
     P = np.asarray(pointers)
     if P.ndim != 3 or P.shape[1] <= 0 or P.shape[2] <= 0:
@@ -470,6 +522,8 @@ def encode(
         raise ValueError(f"pointer array {P.shape} is beyond the format's limits")
     if not 0 < tv <= TV_BOUND:
         raise ValueError(f"tv must be in (0, {TV_BOUND}], got {tv}")
+    if copy_tv is not None and not 0 < copy_tv <= COPY_TV_BOUND:
+        raise ValueError(f"copy_tv must be None (exact float16) or in (0, {COPY_TV_BOUND}], got {copy_tv}")
     P = np.ascontiguousarray(P, dtype=np.float32)
     if n and not np.isfinite(P).all():
         raise ValueError("a pointer distribution has NaN or infinite values")
@@ -484,33 +538,21 @@ def encode(
     if p_copy is not None:
         keep |= np.asarray(p_copy, dtype=np.float64) >= copy_threshold
     if mode == "lossless":
-        keep[:] = True
+        exact, targets = np.ones(n, dtype=bool), np.zeros(n)
+    elif copy_tv is None:
+        exact, targets = keep, np.full(n, float(tv))
+    else:
+        exact, targets = np.zeros(n, dtype=bool), np.where(keep, float(copy_tv), float(tv))
 
-    kinds = np.where(keep, KIND_EXACT, KIND_LOSSY).astype(np.uint8)
+    kinds = np.where(exact, KIND_EXACT, KIND_LOSSY).astype(np.uint8)
     per = max(1, GROUP_CELLS // (rows * cols))
     groups = []
     for a in range(0, n, per):
         b = min(n, a + per)
-        G = P[a:b]
-        lossy = ~keep[a:b]
-        parts = []
-        if lossy.any():
-            k, ok = _quantise(G[lossy], tv)
-            if not ok.all():  # no valid step size: store those exactly
-                idx = np.flatnonzero(lossy)[~ok]
-                kinds[a + idx] = KIND_EXACT
-                lossy[idx] = False
-                k = k[ok]
-            if k.shape[0]:
-                parts.append(_encode_field(k, KIND_LOSSY))
-        if (~lossy).any():
-            h = _to_float16(G[~lossy])
-            if ((h.view(np.uint16) & 0x7C00) == 0x7C00).any():
-                raise ValueError("a pointer distribution has values beyond float16's range")
-            parts.append(_encode_field(h.view(np.uint16).astype(np.int32), KIND_EXACT))
-        groups.append(b"".join(parts))
+        body, kinds[a:b] = _encode_group(P[a:b], kinds[a:b] == KIND_LOSSY, targets[a:b])
+        groups.append(body)
     flags = FLAG_LOSSLESS if mode == "lossless" else 0
-    head = _HEAD.pack(MAGIC, FORMAT_VERSION, flags, 0, n, rows, cols, per) + kinds.tobytes()
+    head = _HEAD.pack(MAGIC, FORMAT_VERSION, flags, 0, n, rows, cols, per) + np.packbits(kinds).tobytes()
     off = 0
     table = []
     for g in groups:
@@ -519,6 +561,29 @@ def encode(
     head += b"".join(table)
     head += _U32.pack(zlib.crc32(head))
     return head + b"".join(groups)
+
+
+def _encode_group(G: np.ndarray, lossy: np.ndarray, targets: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """One group's body and its steps' kinds: b"\\0" + lossy field + exact field, or b"\\1" + raw float16 for
+    all steps when that is not larger (tiny grids)."""
+    lossy = lossy.copy()
+    parts = [_GROUP_CODED]
+    if lossy.any():
+        k, ok = _quantise(G[lossy], targets[lossy])
+        if not ok.all():  # no valid step size (cannot happen for real distributions): store those exactly
+            lossy[np.flatnonzero(lossy)[~ok]] = False
+            k = k[ok]
+        if k.shape[0]:
+            parts.append(_encode_field(k, KIND_LOSSY))
+    h = _to_float16(G)
+    if ((h.view(np.uint16) & 0x7C00) == 0x7C00).any():
+        raise ValueError("a pointer distribution has values beyond float16's range")
+    if (~lossy).any():
+        parts.append(_encode_field(h[~lossy].view(np.uint16).astype(np.int32), KIND_EXACT))
+    body = b"".join(parts)
+    if len(body) > 1 + h.nbytes:
+        return _GROUP_RAW + h.tobytes(), np.full(len(G), KIND_EXACT, dtype=np.uint8)
+    return body, np.where(lossy, KIND_LOSSY, KIND_EXACT).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -558,16 +623,15 @@ def _parse(blob: bytes | memoryview, n: int, grid: Sequence[int]) -> _Parsed | N
         magic, version, flags, _, bn, br, bc, per = _HEAD.unpack(buf[:_HEAD.size])
         if version == FORMAT_VERSION:
             n_groups = -(-bn // per) if per else -1
-            head_len = _HEAD.size + bn + n_groups * _GROUP.size
+            n_kind = -(-bn // 8)
+            head_len = _HEAD.size + n_kind + n_groups * _GROUP.size
             if per > 0 and len(buf) >= head_len + 4 and \
                     _U32.unpack(buf[head_len:head_len + 4])[0] == zlib.crc32(buf[:head_len]):
                 if (bn, br, bc) != (n, rows, cols):
                     raise ValueError(f"pointer blob holds {bn} steps on a {br}×{bc} grid, expected {n} on "
                                      f"{rows}×{cols}")
-                kinds = np.frombuffer(buf[_HEAD.size:_HEAD.size + bn], dtype=np.uint8)
-                if (kinds > KIND_EXACT).any():
-                    raise ValueError("corrupt pointer blob: unknown step kind")
-                t0 = _HEAD.size + bn
+                kinds = np.unpackbits(np.frombuffer(buf[_HEAD.size:_HEAD.size + n_kind], dtype=np.uint8))[:bn]
+                t0 = _HEAD.size + n_kind
                 table = [_GROUP.unpack(buf[t0 + i * _GROUP.size:t0 + (i + 1) * _GROUP.size]) for i in range(n_groups)]
                 return _Parsed(bn, br, bc, per, flags, kinds, table, buf[head_len + 4:])
             if len(buf) != legacy_len:
@@ -602,15 +666,21 @@ def _decode_group(p: _Parsed, gi: int) -> np.ndarray:
     b = min(p.n, a + p.per)
     kinds = p.kinds[a:b]
     out = np.empty((b - a, p.rows, p.cols), dtype=np.float32)
-    rd = _Reader(body, f"group {gi}")
+    if body[:1] == _GROUP_RAW:
+        if len(body) != 1 + out.size * 2 or (kinds != KIND_EXACT).any():
+            raise ValueError(f"corrupt pointer blob: raw group {gi} has the wrong size")
+        return np.frombuffer(body[1:], dtype="<f2").reshape(out.shape).astype(np.float32)
+    if body[:1] != _GROUP_CODED:
+        raise ValueError(f"corrupt pointer blob: group {gi} has an unknown encoding")
+    rd = _Reader(body[1:], f"group {gi}")
     lossy = kinds == KIND_LOSSY
     if lossy.any():
         out[lossy] = _dequantise(_decode_field(rd, int(lossy.sum()), p.rows, p.cols, KIND_LOSSY))
     if (~lossy).any():
         u = _decode_field(rd, int((~lossy).sum()), p.rows, p.cols, KIND_EXACT)
         out[~lossy] = u.astype(np.uint16).view("<f2").astype(np.float32)
-    if rd.pos != len(body):
-        raise ValueError(f"corrupt pointer blob: group {gi} has {len(body) - rd.pos} trailing bytes")
+    if rd.pos != len(body) - 1:
+        raise ValueError(f"corrupt pointer blob: group {gi} has {len(body) - 1 - rd.pos} trailing bytes")
     return out
 
 

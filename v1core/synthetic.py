@@ -11,7 +11,7 @@ The demo model's 12×12 grids and ~70-step traces hide every cost; v1-7B's grids
 - **Text steps** (most steps): ``pointer = softmax((S + Q_t) / τ_t + ε_t)``, where ``Q_t`` is a query blob that
   drifts by a random walk (consecutive steps are correlated, as the hidden state changes slowly), ``τ_t`` is
   large so the distribution is *diffuse* (normalised entropy about 0.85–0.97, like v1's text-step pointers), and
-  ``ε_t`` is i.i.d. patch-level noise (σ 0.25 in logit units): the high-entropy detail that makes diffuse maps
+  ``ε_t`` is i.i.d. patch-level noise (σ 0.25 in logit units by default, ``noise=``): the high-entropy detail that makes diffuse maps
   hard to compress. ``p_copy`` is small (log-uniform in [1e-4, 5e-2]).
 - **Revisits.** About one every ``revisit_every`` steps (Poisson), the text opens
   ``detect(query="…", objects=["<objN><region>[x0, y0, x1, y1]`` and then copies 4–30 consecutive patches
@@ -82,13 +82,15 @@ def big_trace(
     *,
     seed: int = 0,
     revisit_every: int = 60,
+    noise: float = 0.25,
     model_id: str = "synthetic-v1-7B",
     question: str = "Which object is closer to the camera, and what colour is it?",
 ) -> Trace:
     """A complete synthetic trace of `n_steps` steps on a `rows` × `cols` merged grid (see the module docstring).
 
     The image is (cols·28) × (rows·28) px, as the processor would resize a photo to that grid; its sha256 is a
-    stand-in (no image is stored). Every step has a float32 pointer [rows, cols] summing to 1.
+    stand-in (no image is stored). Every step has a float32 pointer [rows, cols] summing to 1. `noise` is the σ of
+    the i.i.d. patch-level logit noise (a guess; benchmarks vary it).
     """
     if rows <= 0 or cols <= 0 or n_steps <= 0:
         raise ValueError(f"rows, cols and n_steps must be positive, got {rows}, {cols}, {n_steps}")
@@ -136,7 +138,7 @@ def big_trace(
         q_r = float(np.clip(q_r + rng.normal(0, 0.02 * rows), 0, rows - 1))
         q_c = float(np.clip(q_c + rng.normal(0, 0.02 * cols), 0, cols - 1))
         tau = rng.uniform(0.7, 1.8)
-        z = (sal + 1.5 * _blob(rows, cols, q_r, q_c, 0.1 * side)) / tau + rng.normal(0, 0.25, (rows, cols))
+        z = (sal + 1.5 * _blob(rows, cols, q_r, q_c, 0.1 * side)) / tau + rng.normal(0, noise, (rows, cols))
         if hesitate:
             z = z + 4.0 * _blob(rows, cols, q_r, q_c, 0.7)
         return _softmax(z)
@@ -145,7 +147,7 @@ def big_trace(
         r, c = divmod(k, cols)
         p_max = rng.uniform(0.5, 0.99)
         peak = _blob(rows, cols, r, c, 0.7)
-        z = sal / 2.0 + rng.normal(0, 0.25, (rows, cols))
+        z = sal / 2.0 + rng.normal(0, noise, (rows, cols))
         base = _softmax(z)
         spill = _softmax(np.log(np.maximum(peak, 1e-12)))
         out = (1 - p_max) * (0.5 * base + 0.5 * spill)
