@@ -333,6 +333,10 @@ class Result:
     def per_16k(self) -> float:
         return self.per_step * N16K / self.n_cells
 
+    def per_16k_text(self) -> str:
+        """Scaled to 16,384 patches — only meaningful for grids big enough that fixed overheads vanish."""
+        return fmt_b(self.per_16k) if self.n_cells >= 1000 else "—"
+
 
 def run_candidate(c: Candidate, sets: list[np.ndarray], bound: float) -> Result:
     """Encode+decode each array of `sets`; tune c.param first: the coarsest setting (`params` lists them
@@ -384,7 +388,7 @@ def print_table(title: str, results: list[Result], anchor: Result | None = None)
         ratio = f"{anchor.per_16k / r.per_16k:.1f}" if anchor else "—"
         mx = f"{r.tv.max():.2e}" if r.tv.size else "—"
         p99 = f"{np.quantile(r.tv, 0.99):.2e}" if r.tv.size else "—"
-        print(f"| {r.label} | {fmt_b(r.per_step)} | {fmt_b(r.per_16k)} | {ratio} | {mx} | {p99} | "
+        print(f"| {r.label} | {fmt_b(r.per_step)} | {r.per_16k_text()} | {ratio} | {mx} | {p99} | "
               f"{mbs(r.raw, r.enc_s)} | {mbs(r.raw, r.dec_s)} |")
     sys.stdout.flush()
 
@@ -425,6 +429,32 @@ def field_stats(P: np.ndarray) -> dict[str, float]:
         g.append(0.5 * float(d.mean()))
     return dict(H=float(np.median(H)), pmaxN=float(np.median(P.max(axis=(1, 2)) * n)), g1=g[0], g2=g[1],
                 nugget=float(np.sqrt(max(2 * g[0] - g[1], 0.0))), share=float(ok.mean()))
+
+
+def temporal_gain(P: np.ndarray, keep: np.ndarray, weights=(0.0, 0.25, 0.5, 1.0)) -> list[float]:
+    """Ideal bits/cell (context-conditional order-0 entropy) of the codec's quantised text steps predicted
+    spatially (geometric mean of the 4 neighbours) and with the previous step's detail added:
+    log(k̂+1) = spatial + w·(log(k_{t−1}+1) − spatial_{t−1}). w = 0 is spatial only; a gain at w > 0 would
+    mean patch-level structure persists from step to step (fixed image keys) and temporal prediction pays."""
+    k, _ = pc._quantise(P.astype(np.float32), pc.DEFAULT_TV)
+    L = np.log(k + 1.0)
+    pad = np.pad(L, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    s = (pad[:, :-2, 1:-1] + pad[:, 2:, 1:-1] + pad[:, 1:-1, :-2] + pad[:, 1:-1, 2:]) / 4
+    idx = np.flatnonzero(~keep)
+    t = idx[1:][np.diff(idx) == 1]
+    if t.size == 0:
+        return [float("nan")] * len(weights)
+    ctx = np.minimum(15, np.floor(2 * s[t] / np.log(2) + 4)).astype(int).ravel()
+    out = []
+    for w in weights:
+        r = (k[t] - np.rint(np.exp(s[t] + w * (L[t - 1] - s[t - 1])) - 1)).ravel()
+        h = 0.0
+        for c in np.unique(ctx):
+            _, cnt = np.unique(r[ctx == c], return_counts=True)
+            p = cnt / cnt.sum()
+            h += (ctx == c).mean() * float(-(p * np.log2(p)).sum())
+        out.append(h)
+    return out
 
 
 def main() -> None:
@@ -487,7 +517,8 @@ def main() -> None:
                 per16[f"{d.name}|{mode}"] = len(b) / len(d.P) * N16K / d.n_cells
             txt = tv[~d.keep] if (~d.keep).any() else np.zeros(1)
             cpy = tv[d.is_copy] if d.is_copy.any() else np.zeros(1)
-            print(f"| {d.name} | {mode} | {fmt_b(len(b) / len(d.P))} | {fmt_b(len(b) / len(d.P) * N16K / d.n_cells)} "
+            scaled = fmt_b(len(b) / len(d.P) * N16K / d.n_cells) if d.n_cells >= 1000 else "—"
+            print(f"| {d.name} | {mode} | {fmt_b(len(b) / len(d.P))} | {scaled} "
                   f"| {raw / len(b):.1f} | {txt.max():.2e} | {np.quantile(txt, 0.99):.2e} | {cpy.max():.2e} | "
                   f"{sl.min():+.1e} / {sl.max():+.1e} | {mbs(raw, te)} | {mbs(raw, td)} |")
         sys.stdout.flush()
@@ -544,6 +575,20 @@ def main() -> None:
             bits = bits * 8 / N16K
         print(f"| {name} | {s['H']:.2f} | {s['pmaxN']:.1f} | {s['g1']:.3f} | {s['g2']:.3f} | {s['nugget']:.2f} | "
               f"{s['share']:.0%} | {bits:.2f} |")
+
+    print("\n### Temporal prediction: ideal bits/cell of text steps, spatial vs spatial + previous step's detail\n")
+    ws = (0.0, 0.25, 0.5, 1.0)
+    print("| source | " + " | ".join(f"w = {w:g}" + (" (spatial only)" if w == 0 else "") for w in ws) + " |")
+    print("| --- |" + " ---: |" * len(ws))
+    rows_t = [(f"synthetic 64×64 σ {sg:g}", [synthetic(64, 64, min(n_steps, 300), seed=6, noise=sg)])
+              for sg in (0.1, 0.25, 0.5)]
+    if demo:
+        rows_t.append(("demo model (real)", demo))
+    for name, ds in rows_t:
+        g = [(temporal_gain(x.P, x.keep, ws), int((~x.keep).sum())) for x in ds if (~x.keep).sum() >= 10]
+        avg = [float(np.average([v[i] for v, _ in g], weights=[n for _, n in g])) for i in range(len(ws))]
+        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in avg) + " |")
+    sys.stdout.flush()
 
     # 5. full scale: one 2,000-step 16,384-patch trace
     if args.quick:
