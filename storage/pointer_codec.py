@@ -1,47 +1,54 @@
 """Compact pointer storage: the per-step pointer distributions of a trace chunk ↔ bytes.
 
-At v1-7B scale a pointer has up to 16,384 cells; as float16 that is 32 KiB per step, 331 GB for a library of
-10,000 × 1,000-step traces, and lossless compression of float16 saves only ×1.4–1.6 (diffuse text-step maps are
-high-entropy). This codec stores text-step pointers lossily with a guaranteed fidelity bound, and copy steps
-exactly. It is pure numpy + the standard library's zlib (measured against zstd, lzma, PNG/WebP and others in
-``bench/pointer_codec.py``; results in docs/BENCHMARKS.md).
+At v1-7B scale a pointer has up to 16,384 cells; as float16 that is 32 KiB per step, 328 GB for a library of
+10,000 × 1,000-step traces, and lossless compression of float16 saves only ×1.4–1.7 (diffuse text-step maps are
+high-entropy). This codec stores text-step pointers lossily within a guaranteed total-variation bound and copy
+steps exactly. Pure numpy + the standard library's zlib; chosen by measurement against zstd, lzma, fewer mantissa
+bits, 8-bit log-probabilities, PNG/WebP and temporal deltas (``bench/pointer_codec.py``, docs/BENCHMARKS.md).
 
 **Fidelity is total variation.** For a stored step p and its decoded q, TV(p, q) = ½·Σ|p − q|. A relative error
-δ_i on cell i costs ½·p_i·|δ_i|, so cells of small probability can take coarse steps: the rate-optimal
-quantiser for a TV (L1) budget is *uniform in probability*, not in log-probability. Text steps are stored as
-integers ``k_i = round(p_i / a)`` and decoded as ``q = k / Σk``; the step ``a`` is chosen per step by the
-encoder, which computes the exact TV of what the decoder will return and shrinks ``a`` until
-``TV ≤ tv`` (default 0.0095, under the 1e-2 bound). Uniform rounding errs ±a/2, i.e. TV ≈ N·a/8 for N cells
-above the step, so ``a ≈ 8·tv/N``: at 16,384 patches about 12.5 units for an average cell. Cells below a/2
-decode as exactly 0 (a log-scale view shows them at its floor).
+δ_i on cell i costs ½·p_i·|δ_i|, so cells of small probability can take coarse steps: for a TV (L1) budget the
+rate-optimal quantiser is *uniform in probability*, not in log-probability (it saves KL(uniform ‖ p) bits per
+cell over a log quantiser of the same TV). Text steps are stored as integers ``k_i = round(p_i / a)`` and decoded
+as ``q = k / Σk`` (so a itself is not stored). Uniform rounding errs ±a/2, i.e. TV ≈ N·a/8 for N cells above the
+step, so ``a ≈ 8·tv/N`` (about 12.5 units for an average cell); the encoder computes the exact TV of what the
+decoder will return and searches, per step, for the largest a with ``TV ≤ tv`` (default 0.0095, under the 1e-2
+bound). Cells below a/2 decode as exactly 0 (a log-scale view shows them at its floor).
 
 **Kept exactly:** copy steps and steps whose ``p_copy`` ≥ ``copy_threshold`` (default 0.2: the model nearly
-copied) are stored as float16, bit for bit what the raw format stores (TV ≈ 1e-4 from float32). With
-``mode="lossless"`` (or ``$V1STUDIO_POINTERS=lossless``) every step is. Exact steps decode to the float16
-values, as the raw format did (their sum is 1 within float16 rounding, not renormalised); lossy steps sum to 1
-within float32 rounding.
+copied) are stored as float16, bit for bit what the raw format stores (TV ≈ 1e-4 from float32); ``copy_tv=``
+stores them lossily instead, within TV ≤ copy_tv ≤ 1e-3. With ``mode="lossless"`` (or
+``$V1STUDIO_POINTERS=lossless``) every step is exact. Exact steps decode to the float16 values, as the raw format
+did (their sum is 1 within float16 rounding, not renormalised); lossy steps sum to 1 within float32 rounding.
 
-**Coding.** Each step's integer field (k, or the float16 bit patterns, which are monotone in the value) is
-coded by hierarchical interpolation, the way lossless image coders exploit smooth fields: first cell (0, 0),
-then for strides s = 2ᴸ … 2 the centres of the known s-lattice (predicted from their 4 diagonal neighbours) and
-then the edge midpoints (from their 4 axis neighbours), each pass fully vectorised over the steps of a group.
-The prediction is the mean of the known neighbours — geometric for k (via float64 bit patterns, exact integer
-arithmetic), arithmetic for float16 patterns — so encoder and decoder compute it identically on any machine.
-Residuals are zig-zagged into bytes, split into 16 contexts by the predicted magnitude (a residual's spread
-grows with it), and each context stream is Huffman-coded with raw deflate (escapes for bytes ≥ 255 in a
-separate stream; float16 residuals in a low-byte plane and a high-byte plane).
+**Saving again loses nothing more.** Pointers that already are decoded output (a loaded trace saved again, or a
+float16 export imported) are recognised — q = k/Σk for integers k — and those integers are stored again
+instead of being quantised a second time, so errors do not pile up across round trips.
 
-**Format (version 1, little-endian).** ``b"\\x89V1P"``, version, flags (bit 0: lossless), n_steps, rows, cols,
-steps per group, then one kind byte per step (0 lossy, 1 exact), then per group (offset, length, CRC-32) and a
-CRC-32 of the header. A group is the unit of random access (≈ 2¹⁷ cells: 8 steps at 16,384 patches): decoding
-one step or a range decodes only the groups it touches. Each group holds the lossy field, then the exact field,
-each as a list of (raw length, compressed length, bytes) streams.
+**Coding.** Each step's integer field (k, or the float16 bit patterns, which are monotone in the value) is coded
+by hierarchical interpolation, the way lossless image coders exploit smooth fields: first cell (0, 0), then for
+strides s = 2ᴸ … 2 the centres of the known s-lattice (predicted from their 4 diagonal neighbours), then its edge
+midpoints (from their 4 axis neighbours), each pass vectorised over all steps of a group. The prediction is the
+mean of the known neighbours — geometric for k (an integer mean of float32 bit patterns), arithmetic for float16
+patterns — computed in exact integer arithmetic, so encoder and decoder agree on any machine. Residuals are
+zig-zagged, split into 16 contexts by the predicted magnitude (a residual's spread grows with it), and each
+context's stream is Huffman-coded by raw deflate (measured within 0.02 bits/symbol of the entropy, where zstd's
+matches cost 0.3); values at the escape code (255 for k, 65535 for float16) continue in an escape stream.
 
-**Legacy blobs** (the raw float16 ``[n, rows, cols]`` arrays stored before this codec) have no header. A blob
-is read as v1 when it starts with the magic and its header parses and passes its CRC; otherwise, when its
-length is exactly n·rows·cols·2, as legacy float16 (decoded bit for bit as before). A legacy blob cannot pass
-for v1: its first value would be the float16 0x5689 = 104.6, not a probability, and its header CRC would have
-to match. Anything else raises ValueError.
+**Format (version 1, little-endian).** Header: ``b"\\x89V1P"``, version (u8), flags (u8, bit 0: lossless), 0 (u16),
+n_steps, rows, cols, steps per group (u32 each); the step kinds, one bit each (0 lossy, 1 exact), packed; per
+group its offset in the payload, length and CRC-32 (u32 each); the CRC-32 of all that. A group (≈ 2¹⁷ cells:
+8 steps at 16,384 patches, 95 at 1,369 — the Store's chunk size today) is the unit of random access: decoding one
+step or a range decodes only the groups it touches. A group body is 0x00 then the lossy field and the exact field
+(each a list of streams: varint raw length, varint compressed length, deflate bytes), or 0x01 then raw float16 for
+all its steps where that is not larger (tiny grids).
+
+**Legacy blobs** (the raw float16 ``[n, rows, cols]`` arrays stored before this codec) have no header. A blob is
+read as v1 when it starts with the magic and its header passes its CRC; otherwise, when its length is exactly
+n·rows·cols·2, as legacy float16 (decoded bit for bit as before). A legacy blob passes for v1 only if its first
+value is the float16 0x5689 = 104.6 (never a probability) *and* its header CRC matches. Anything else raises
+ValueError. Speed (2-core VM): roughly 25–40 MB/s of float16 each way, ~1.5 s per direction for a 2,000-step
+16,384-patch trace; one step at 16k patches decodes in a few milliseconds.
 """
 
 from __future__ import annotations
