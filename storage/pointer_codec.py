@@ -458,15 +458,15 @@ def _to_float16(x: np.ndarray) -> np.ndarray:
     return to_float16(x)
 
 
-def _recover_integers(P: np.ndarray, max_tv: float | np.ndarray = 5e-4, max_j: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def _recover_integers(P: np.ndarray, max_tv: float | np.ndarray = 5e-4, max_j: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Steps that are already decoded output — q = k/Σk for integers k, possibly rounded to float16 by an
     export — and those k, so that saving a loaded trace again (or export → import) changes nothing.
 
     For j = 1 … `max_j` the step size a = q_min/j is tried (q_min: the smallest non-zero value, whose k is j),
-    refined by least squares on a sample of 64 non-zero cells, and kept when the sample's q/a are all within
-    0.15 of integers; then every cell is checked (within 0.49, after refining a on the whole step) and the
+    refined by least squares on a sample of 24 small non-zero cells, and kept when the sample's q/a are all
+    within 0.15 of integers; then every cell is checked (within 0.49, after refining a on the whole step) and the
     integers are accepted when they decode to within `max_tv` of the input. Continuous model output passes the
-    sample test by chance with probability ~0.3⁶⁴ per try. Returns (k int32, found bool [m])."""
+    sample test by chance with probability ~0.3²⁴ per try. Returns (k int32, found bool [m])."""
     m = P.shape[0]
     max_tv = np.broadcast_to(np.asarray(max_tv, dtype=np.float64), (m,))
     flat = P.reshape(m, -1)
@@ -475,9 +475,9 @@ def _recover_integers(P: np.ndarray, max_tv: float | np.ndarray = 5e-4, max_j: i
     qmin = np.min(flat, axis=1, where=flat > 0, initial=np.inf).astype(np.float64)
     stride = max(1, flat.shape[1] // 512)
     sub = flat[:, ::stride].astype(np.float64)
-    samp = np.sort(np.where(sub > 0, sub, np.inf), axis=1)[:, :64]
+    samp = np.sort(np.where(sub > 0, sub, np.inf), axis=1)[:, :24]
     for i in np.flatnonzero(np.isfinite(samp).sum(axis=1) < 8) if m else ():
-        v = np.sort(flat[i][flat[i] > 0])[:64]  # sparse step: the sample holds too few non-zero cells
+        v = np.sort(flat[i][flat[i] > 0])[:24]  # sparse step: the sample holds too few non-zero cells
         samp[i] = np.inf
         samp[i, :v.size] = v
     valid = np.isfinite(samp)
@@ -494,9 +494,10 @@ def _recover_integers(P: np.ndarray, max_tv: float | np.ndarray = 5e-4, max_j: i
         row = flat[i].astype(np.float64)
         for jj in np.flatnonzero(passing[i]):
             ai = float(a[i, jj, 0])
-            for _ in range(2):  # refine a on the whole step
+            for top in (64.0, 1024.0, np.inf, np.inf):  # refine a on ever larger cells (their k need a precise a)
                 k = np.rint(row / ai)
-                ai = float((row * k).sum() / max(float((k * k).sum()), 1e-300))
+                w = k * (k < top)
+                ai = float((row * w).sum() / max(float((k * w).sum()), 1e-300))
             xr = row / ai
             k = np.rint(xr)
             if np.abs(xr - k).max() > 0.49 or k.max() >= _K_MAX or k.sum() <= 0:
