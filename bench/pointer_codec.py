@@ -3,6 +3,7 @@
     python bench/pointer_codec.py              # full run, ~10 min on the 2-core VM
     python bench/pointer_codec.py --quick      # 300-step traces, no store run (~2 min)
     python bench/pointer_codec.py --no-demo    # skip the demo-model traces (no model load)
+    python bench/pointer_codec.py --sections whole,scale   # only some tables
 
 Prints markdown tables (docs/BENCHMARKS.md, "Pointer storage"):
 
@@ -45,6 +46,9 @@ from v1core.synthetic import big_trace  # noqa: E402
 
 TV_TEXT = 1e-2
 TV_COPY = 1e-3
+# whole-trace variants: (mode, copy_tv); the middle one stores copy steps lossily within 1e-3 instead of exactly
+SECTIONS = ("text", "kept", "whole", "noise", "temporal", "scale")
+VARIANTS = (("compact", None), ("compact, copies ≤ 1e-3", 0.95 * TV_COPY), ("lossless", None))
 N16K = 16384
 
 
@@ -462,7 +466,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="300-step traces, no full-scale or store run")
     ap.add_argument("--no-demo", action="store_true", help="skip the demo-model traces")
     ap.add_argument("--steps", type=int, default=None, help="steps per synthetic trace (default 1,000)")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated subset of {', '.join(SECTIONS)} (default: all)")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
+    if sections - set(SECTIONS):
+        ap.error(f"unknown section(s) {', '.join(sorted(sections - set(SECTIONS)))}; choose from {', '.join(SECTIONS)}")
     n_steps = args.steps or (300 if args.quick else 1000)
 
     print(f"# Pointer codec benchmark ({n_steps}-step synthetic traces, TV bounds {TV_TEXT:g} text / {TV_COPY:g} "
@@ -476,159 +485,167 @@ def main() -> None:
         + (f"; {len(demo)} demo-model traces, {sum(len(d.P) for d in demo)} steps, grids "
            f"{sorted({d.P.shape[1:] for d in demo})}" if demo else ""))
 
-    # 1. text steps
-    for d in data + ([None] if demo else []):
-        if d is None:
-            sets, title = [x.P[~x.keep] for x in demo], "Text steps: demo-model traces (real pointers)"
-        else:
-            sets, title = [d.P[~d.keep]], f"Text steps: {d.name}"
-        res = [run_candidate(c, sets, TV_TEXT) for c in text_candidates(args.quick)]
-        print_table(title, res, res[0])
+    if "text" in sections:
+        # 1. text steps
+        for d in data + ([None] if demo else []):
+            if d is None:
+                sets, title = [x.P[~x.keep] for x in demo], "Text steps: demo-model traces (real pointers)"
+            else:
+                sets, title = [d.P[~d.keep]], f"Text steps: {d.name}"
+            res = [run_candidate(c, sets, TV_TEXT) for c in text_candidates(args.quick)]
+            print_table(title, res, res[0])
 
-    # 2. kept steps
-    for d in data + ([None] if demo else []):
-        if d is None:
-            sets, title = [x.P[x.keep] for x in demo if x.keep.any()], "Kept steps: demo-model traces"
-        else:
-            sets, title = [d.P[d.keep]], f"Kept steps (copies, p_copy ≥ 0.2): {d.name}"
-        res = [run_candidate(c, sets, TV_COPY) for c in kept_candidates()]
-        print_table(title, res, res[0])
+    if "kept" in sections:
+        # 2. kept steps
+        for d in data + ([None] if demo else []):
+            if d is None:
+                sets, title = [x.P[x.keep] for x in demo if x.keep.any()], "Kept steps: demo-model traces"
+            else:
+                sets, title = [d.P[d.keep]], f"Kept steps (copies, p_copy ≥ 0.2): {d.name}"
+            res = [run_candidate(c, sets, TV_COPY) for c in kept_candidates()]
+            print_table(title, res, res[0])
 
-    # 3. the codec on whole traces
-    print("\n### The codec on whole traces\n")
-    print("| trace | mode | bytes/step | per step at 16,384 patches | × vs raw | max TV text | p99 TV text | "
-          "max TV copy | min Σq−1 / max | encode MB/s | decode MB/s |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    per16: dict[str, float] = {}
-    for d in data + demo:
-        for mode in ("compact", "lossless"):
+    if "whole" in sections:
+        # 3. the codec on whole traces
+        print("\n### The codec on whole traces\n")
+        print("| trace | mode | bytes/step | per step at 16,384 patches | × vs raw | max TV text | p99 TV text | "
+              "max TV copy | min Σq−1 / max | encode MB/s | decode MB/s |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        per16: dict[str, float] = {}
+        for d in data + demo:
+            for mode, copy_tv in VARIANTS:
+                t = time.perf_counter()
+                b = pc.encode(d.P, d.p_copy, d.is_copy, mode="lossless" if mode == "lossless" else "compact",
+                              copy_tv=copy_tv)
+                te = time.perf_counter() - t
+                t = time.perf_counter()
+                Q = pc.decode(b, len(d.P), d.P.shape[1:])
+                td = time.perf_counter() - t
+                tv = tv_of(d.P, Q)
+                lossy = np.zeros(len(d.P), bool) if mode == "lossless" else \
+                    (~d.keep if copy_tv is None else np.ones(len(d.P), bool))
+                s = Q.sum(axis=(1, 2)) - 1
+                sl = s[lossy] if lossy.any() else np.zeros(1)
+                raw = d.P.size * 2
+                if not d.name.startswith("demo"):
+                    per16[f"{d.name}|{mode}"] = len(b) / len(d.P) * N16K / d.n_cells
+                txt = tv[~d.keep] if (~d.keep).any() else np.zeros(1)
+                cpy = tv[d.is_copy] if d.is_copy.any() else np.zeros(1)
+                scaled = fmt_b(len(b) / len(d.P) * N16K / d.n_cells) if d.n_cells >= 1000 else "—"
+                print(f"| {d.name} | {mode} | {fmt_b(len(b) / len(d.P))} | {scaled} "
+                      f"| {raw / len(b):.1f} | {txt.max():.2e} | {np.quantile(txt, 0.99):.2e} | {cpy.max():.2e} | "
+                      f"{sl.min():+.1e} / {sl.max():+.1e} | {mbs(raw, te)} | {mbs(raw, td)} |")
+            sys.stdout.flush()
+        print("\nLibrary of 10,000 traces × 1,000 steps (pointers only):\n")
+        print("| grid | raw float16 | " + " | ".join(f"codec {m}" for m, _ in VARIANTS) + " |")
+        print("| --- | ---: |" + " ---: |" * len(VARIANTS))
+        for d in data:
+            if d.P.shape[1] not in (37, 128):
+                continue
+            n = d.n_cells
+            row = [f"{n * 2 * 1e7 / 1e9:,.1f} GB"]
+            for mode, _ in VARIANTS:
+                row.append(f"{per16[f'{d.name}|{mode}'] * n / N16K * 1e7 / 1e9:,.1f} GB")
+            print(f"| {d.P.shape[1]}×{d.P.shape[2]} ({n:,} patches) | " + " | ".join(row) + " |")
+
+    if "noise" in sections:
+        # 4. sensitivity to the generator's noise, and calibration against the demo model
+        print("\n### Sensitivity to the generator's patch-level noise σ (128×128)\n")
+        print("| σ | text B/step: codec | float16+shuffle+zstd-3 | fewer mantissa bits | log8+zstd-3 | kept B/step "
+              "(exact) | kept share | codec average B/step | max TV text |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        sens_steps = min(n_steps, 400)
+        calib = []
+        for sigma in (0.1, 0.25, 0.5):
+            d = synthetic(128, 128, sens_steps, seed=4, noise=sigma)
+            text = [d.P[~d.keep]]
+            r = [run_candidate(c, text, TV_TEXT) for c in (Codec(), ShuffleF16("zstd-3"), MantissaF16(), Log8())]
+            b = pc.encode(d.P, d.p_copy, d.is_copy)
+            kept = run_candidate(Codec("lossless"), [d.P[d.keep]], TV_COPY)
+            print(f"| {sigma:g} | {fmt_b(r[0].per_step)} | {fmt_b(r[1].per_step)} | {fmt_b(r[2].per_step)} "
+                  f"({r[2].param} bits) | {fmt_b(r[3].per_step)} (Δ {r[3].param:g}) | {fmt_b(kept.per_step)} | "
+                  f"{d.keep.mean():.0%} | {fmt_b(len(b) / len(d.P))} | {r[0].tv.max():.2e} |")
+            calib.append((f"synthetic 128×128 σ {sigma:g}", d.P[~d.keep], r[0].per_16k))
+            sys.stdout.flush()
+        for sigma in (0.1, 0.25, 0.5):
+            d = synthetic(12, 12, 300, seed=5, noise=sigma)
+            res = run_candidate(Codec(), [d.P[~d.keep]], TV_TEXT)
+            calib.append((f"synthetic 12×12 σ {sigma:g}", d.P[~d.keep], res.per_step * 8 / d.n_cells))
+        if demo:
+            sets = [x.P[~x.keep] for x in demo]
+            res = run_candidate(Codec(), sets, TV_TEXT)
+            calib.append(("demo model (real), text steps", sets, res.nbytes * 8 / sum(P.size for P in sets)))
+        print("\n### Calibration: text-step maps, synthetic vs the demo model\n")
+        print("| source | normalised entropy (median) | p_max·N (median) | γ₁ = ½E[Δ₁ log p]² | γ₂ (lag 2) | "
+              "nugget σ = √(2γ₁−γ₂) | cells with p ≥ 0.1/N | codec bits/cell |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name, P, bits in calib:
+            if isinstance(P, list):
+                st = [field_stats(x) for x in P]
+                w = [len(x) for x in P]
+                s = {k: float(np.average([v[k] for v in st], weights=w)) for k in st[0]}
+            else:
+                s = field_stats(P)
+            if name.startswith("synthetic 128"):
+                bits = bits * 8 / N16K
+            print(f"| {name} | {s['H']:.2f} | {s['pmaxN']:.1f} | {s['g1']:.3f} | {s['g2']:.3f} | {s['nugget']:.2f} | "
+                  f"{s['share']:.0%} | {bits:.2f} |")
+
+    if "temporal" in sections:
+        print("\n### Temporal prediction: ideal bits/cell of text steps, spatial vs spatial + previous step's detail\n")
+        ws = (0.0, 0.25, 0.5, 1.0)
+        print("| source | " + " | ".join(f"w = {w:g}" + (" (spatial only)" if w == 0 else "") for w in ws) + " |")
+        print("| --- |" + " ---: |" * len(ws))
+        rows_t = [(f"synthetic 64×64 σ {sg:g}", [synthetic(64, 64, min(n_steps, 300), seed=6, noise=sg)])
+                  for sg in (0.1, 0.25, 0.5)]
+        if demo:
+            rows_t.append(("demo model (real)", demo))
+        for name, ds in rows_t:
+            g = [(temporal_gain(x.P, x.keep, ws), int((~x.keep).sum())) for x in ds if (~x.keep).sum() >= 10]
+            avg = [float(np.average([v[i] for v, _ in g], weights=[n for _, n in g])) for i in range(len(ws))]
+            print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in avg) + " |")
+        sys.stdout.flush()
+
+    if "scale" in sections:
+        # 5. full scale: one 2,000-step 16,384-patch trace
+        if args.quick:
+            return
+        print("\n### One 2,000-step trace at 16,384 patches (128×128)\n")
+        tr = big_trace(128, 128, 2000, seed=7)
+        d = _from_trace("synthetic 128×128 2,000 steps", tr)
+        print("| codec | bytes/step | encode ms | decode ms (all steps) | decode one step ms (median of 50) |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        rng = np.random.default_rng(0)
+        picks = rng.integers(0, len(d.P), 50)
+        for name, enc, dec, one in (
+            ("raw float16 (today)", lambda: to_float16(d.P).tobytes(),
+             lambda b: np.frombuffer(b, "<f2").reshape(d.P.shape).astype(np.float32),
+             lambda b, i: pc.decode_step(b, len(d.P), d.P.shape[1:], int(i))),
+            ("float16 + shuffle + zstd-3", lambda: ShuffleF16("zstd-3").encode(d.P),
+             lambda b: ShuffleF16("zstd-3").decode(b, d.P.shape), None),
+            ("pointer_codec compact", lambda: pc.encode(d.P, d.p_copy, d.is_copy),
+             lambda b: pc.decode(b, len(d.P), d.P.shape[1:]), lambda b, i: pc.decode_step(b, len(d.P), d.P.shape[1:], int(i))),
+            ("pointer_codec lossless", lambda: pc.encode(d.P, mode="lossless"),
+             lambda b: pc.decode(b, len(d.P), d.P.shape[1:]), lambda b, i: pc.decode_step(b, len(d.P), d.P.shape[1:], int(i))),
+        ):
             t = time.perf_counter()
-            b = pc.encode(d.P, d.p_copy, d.is_copy, mode=mode)
+            b = enc()
             te = time.perf_counter() - t
             t = time.perf_counter()
-            Q = pc.decode(b, len(d.P), d.P.shape[1:])
+            dec(b)
             td = time.perf_counter() - t
-            tv = tv_of(d.P, Q)
-            lossy = (~d.keep) if mode == "compact" else np.zeros(len(d.P), bool)
-            s = Q.sum(axis=(1, 2)) - 1
-            sl = s[lossy] if lossy.any() else np.zeros(1)
-            raw = d.P.size * 2
-            if not d.name.startswith("demo"):
-                per16[f"{d.name}|{mode}"] = len(b) / len(d.P) * N16K / d.n_cells
-            txt = tv[~d.keep] if (~d.keep).any() else np.zeros(1)
-            cpy = tv[d.is_copy] if d.is_copy.any() else np.zeros(1)
-            scaled = fmt_b(len(b) / len(d.P) * N16K / d.n_cells) if d.n_cells >= 1000 else "—"
-            print(f"| {d.name} | {mode} | {fmt_b(len(b) / len(d.P))} | {scaled} "
-                  f"| {raw / len(b):.1f} | {txt.max():.2e} | {np.quantile(txt, 0.99):.2e} | {cpy.max():.2e} | "
-                  f"{sl.min():+.1e} / {sl.max():+.1e} | {mbs(raw, te)} | {mbs(raw, td)} |")
-        sys.stdout.flush()
-    print("\nLibrary of 10,000 traces × 1,000 steps (pointers only):\n")
-    print("| grid | raw float16 | codec compact | codec lossless |")
-    print("| --- | ---: | ---: | ---: |")
-    for d in data:
-        if d.P.shape[1] not in (37, 128):
-            continue
-        n = d.n_cells
-        row = [f"{n * 2 * 1e7 / 1e9:,.1f} GB"]
-        for mode in ("compact", "lossless"):
-            row.append(f"{per16[f'{d.name}|{mode}'] * n / N16K * 1e7 / 1e9:,.1f} GB")
-        print(f"| {d.P.shape[1]}×{d.P.shape[2]} ({n:,} patches) | " + " | ".join(row) + " |")
-
-    # 4. sensitivity to the generator's noise, and calibration against the demo model
-    print("\n### Sensitivity to the generator's patch-level noise σ (128×128)\n")
-    print("| σ | text B/step: codec | float16+shuffle+zstd-3 | fewer mantissa bits | log8+zstd-3 | kept B/step "
-          "(exact) | kept share | codec average B/step | max TV text |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    sens_steps = min(n_steps, 400)
-    calib = []
-    for sigma in (0.1, 0.25, 0.5):
-        d = synthetic(128, 128, sens_steps, seed=4, noise=sigma)
-        text = [d.P[~d.keep]]
-        r = [run_candidate(c, text, TV_TEXT) for c in (Codec(), ShuffleF16("zstd-3"), MantissaF16(), Log8())]
-        b = pc.encode(d.P, d.p_copy, d.is_copy)
-        kept = run_candidate(Codec("lossless"), [d.P[d.keep]], TV_COPY)
-        print(f"| {sigma:g} | {fmt_b(r[0].per_step)} | {fmt_b(r[1].per_step)} | {fmt_b(r[2].per_step)} "
-              f"({r[2].param} bits) | {fmt_b(r[3].per_step)} (Δ {r[3].param:g}) | {fmt_b(kept.per_step)} | "
-              f"{d.keep.mean():.0%} | {fmt_b(len(b) / len(d.P))} | {r[0].tv.max():.2e} |")
-        calib.append((f"synthetic 128×128 σ {sigma:g}", d.P[~d.keep], r[0].per_16k))
-        sys.stdout.flush()
-    for sigma in (0.1, 0.25, 0.5):
-        d = synthetic(12, 12, 300, seed=5, noise=sigma)
-        res = run_candidate(Codec(), [d.P[~d.keep]], TV_TEXT)
-        calib.append((f"synthetic 12×12 σ {sigma:g}", d.P[~d.keep], res.per_step * 8 / d.n_cells))
-    if demo:
-        sets = [x.P[~x.keep] for x in demo]
-        res = run_candidate(Codec(), sets, TV_TEXT)
-        calib.append(("demo model (real), text steps", sets, res.nbytes * 8 / sum(P.size for P in sets)))
-    print("\n### Calibration: text-step maps, synthetic vs the demo model\n")
-    print("| source | normalised entropy (median) | p_max·N (median) | γ₁ = ½E[Δ₁ log p]² | γ₂ (lag 2) | "
-          "nugget σ = √(2γ₁−γ₂) | cells with p ≥ 0.1/N | codec bits/cell |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, P, bits in calib:
-        if isinstance(P, list):
-            st = [field_stats(x) for x in P]
-            w = [len(x) for x in P]
-            s = {k: float(np.average([v[k] for v in st], weights=w)) for k in st[0]}
-        else:
-            s = field_stats(P)
-        if name.startswith("synthetic 128"):
-            bits = bits * 8 / N16K
-        print(f"| {name} | {s['H']:.2f} | {s['pmaxN']:.1f} | {s['g1']:.3f} | {s['g2']:.3f} | {s['nugget']:.2f} | "
-              f"{s['share']:.0%} | {bits:.2f} |")
-
-    print("\n### Temporal prediction: ideal bits/cell of text steps, spatial vs spatial + previous step's detail\n")
-    ws = (0.0, 0.25, 0.5, 1.0)
-    print("| source | " + " | ".join(f"w = {w:g}" + (" (spatial only)" if w == 0 else "") for w in ws) + " |")
-    print("| --- |" + " ---: |" * len(ws))
-    rows_t = [(f"synthetic 64×64 σ {sg:g}", [synthetic(64, 64, min(n_steps, 300), seed=6, noise=sg)])
-              for sg in (0.1, 0.25, 0.5)]
-    if demo:
-        rows_t.append(("demo model (real)", demo))
-    for name, ds in rows_t:
-        g = [(temporal_gain(x.P, x.keep, ws), int((~x.keep).sum())) for x in ds if (~x.keep).sum() >= 10]
-        avg = [float(np.average([v[i] for v, _ in g], weights=[n for _, n in g])) for i in range(len(ws))]
-        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in avg) + " |")
-    sys.stdout.flush()
-
-    # 5. full scale: one 2,000-step 16,384-patch trace
-    if args.quick:
-        return
-    print("\n### One 2,000-step trace at 16,384 patches (128×128)\n")
-    tr = big_trace(128, 128, 2000, seed=7)
-    d = _from_trace("synthetic 128×128 2,000 steps", tr)
-    print("| codec | bytes/step | encode ms | decode ms (all steps) | decode one step ms (median of 50) |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    rng = np.random.default_rng(0)
-    picks = rng.integers(0, len(d.P), 50)
-    for name, enc, dec, one in (
-        ("raw float16 (today)", lambda: to_float16(d.P).tobytes(),
-         lambda b: np.frombuffer(b, "<f2").reshape(d.P.shape).astype(np.float32),
-         lambda b, i: pc.decode_step(b, len(d.P), d.P.shape[1:], int(i))),
-        ("float16 + shuffle + zstd-3", lambda: ShuffleF16("zstd-3").encode(d.P),
-         lambda b: ShuffleF16("zstd-3").decode(b, d.P.shape), None),
-        ("pointer_codec compact", lambda: pc.encode(d.P, d.p_copy, d.is_copy),
-         lambda b: pc.decode(b, len(d.P), d.P.shape[1:]), lambda b, i: pc.decode_step(b, len(d.P), d.P.shape[1:], int(i))),
-        ("pointer_codec lossless", lambda: pc.encode(d.P, mode="lossless"),
-         lambda b: pc.decode(b, len(d.P), d.P.shape[1:]), lambda b, i: pc.decode_step(b, len(d.P), d.P.shape[1:], int(i))),
-    ):
-        t = time.perf_counter()
-        b = enc()
-        te = time.perf_counter() - t
-        t = time.perf_counter()
-        dec(b)
-        td = time.perf_counter() - t
-        if one is not None:
-            ts = []
-            for i in picks:
-                t = time.perf_counter()
-                one(b, i)
-                ts.append(time.perf_counter() - t)
-            o = f"{statistics.median(ts) * 1e3:.1f}"
-        else:
-            o = "— (whole blob)"
-        print(f"| {name} | {fmt_b(len(b) / len(d.P))} | {te * 1e3:,.0f} | {td * 1e3:,.0f} | {o} |")
-        sys.stdout.flush()
-    store_anchor(tr, d)
+            if one is not None:
+                ts = []
+                for i in picks:
+                    t = time.perf_counter()
+                    one(b, i)
+                    ts.append(time.perf_counter() - t)
+                o = f"{statistics.median(ts) * 1e3:.1f}"
+            else:
+                o = "— (whole blob)"
+            print(f"| {name} | {fmt_b(len(b) / len(d.P))} | {te * 1e3:,.0f} | {td * 1e3:,.0f} | {o} |")
+            sys.stdout.flush()
+        store_anchor(tr, d)
 
 
 def store_anchor(tr, d: Data) -> None:
