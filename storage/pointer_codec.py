@@ -525,18 +525,19 @@ def _quantise(P: np.ndarray, tv: float | np.ndarray) -> tuple[np.ndarray, np.nda
     pmax = P.max(axis=(1, 2)).astype(np.float64)
     a = np.maximum(a, pmax / (_K_MAX - 1))  # keep k below 2^24
     todo = np.flatnonzero(~found)
+    flat = P.reshape(m, -1)
     for _ in range(10):
         if todo.size == 0:
             break
-        kk = np.rint(P[todo] * (1.0 / a[todo, None, None]).astype(np.float32)).astype(np.int32)
-        np.minimum(kk, _K_MAX - 1, out=kk)
-        empty = ~kk.any(axis=(1, 2))
-        d = P[todo] - _dequantise(kk)
+        # float32 throughout: kk holds exact integers (< 2^24), q is what `_dequantise` returns bit for bit
+        kk = np.rint(flat[todo] * (1.0 / a[todo, None]).astype(np.float32))
+        total = kk.sum(axis=1, dtype=np.float64)
+        d = flat[todo] - kk / np.maximum(total, 1).astype(np.float32)[:, None]
         np.abs(d, out=d)
-        t = np.where(empty, np.inf, 0.5 * d.sum(axis=(1, 2), dtype=np.float64))
+        t = np.where(total > 0, 0.5 * d.sum(axis=1).astype(np.float64), np.inf)
         at, tvt = a[todo], tv[todo]
         good = t + _TV_SLACK <= tvt
-        k[todo[good]] = kk[good]
+        k.reshape(m, -1)[todo[good]] = kk[good]
         lo[todo[good]] = at[good]
         hi[todo[~good]] = np.minimum(hi[todo[~good]], at[~good])
         ratio = np.where(t > 0, 0.985 * tvt / np.where(t > 0, t, 1.0), 16.0)
@@ -635,15 +636,21 @@ def _encode_group(G: np.ndarray, lossy: np.ndarray, targets: np.ndarray) -> tupl
             k = k[ok]
         if k.shape[0]:
             parts.append(_encode_field(k, KIND_LOSSY))
-    h = _to_float16(G)
-    if ((h.view(np.uint16) & 0x7C00) == 0x7C00).any():
-        raise ValueError("a pointer distribution has values beyond float16's range")
     if (~lossy).any():
-        parts.append(_encode_field(h[~lossy].view(np.uint16).astype(np.int32), KIND_EXACT))
+        parts.append(_encode_field(_float16_patterns(G[~lossy]), KIND_EXACT))
     body = b"".join(parts)
-    if len(body) > 1 + h.nbytes:
+    if len(body) > 1 + 2 * G.size:
+        h = _float16_patterns(G).astype(np.uint16)
         return _GROUP_RAW + h.tobytes(), np.full(len(G), KIND_EXACT, dtype=np.uint8)
     return body, np.where(lossy, KIND_LOSSY, KIND_EXACT).astype(np.uint8)
+
+
+def _float16_patterns(G: np.ndarray) -> np.ndarray:
+    """float16 bit patterns (as int32) of G, refusing values beyond float16's range."""
+    u = _to_float16(G).view(np.uint16)
+    if ((u & 0x7C00) == 0x7C00).any():
+        raise ValueError("a pointer distribution has values beyond float16's range")
+    return u.astype(np.int32)
 
 
 @dataclass(frozen=True)
