@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import lzma
+import os
 import statistics
 import sys
 import tempfile
@@ -613,6 +614,8 @@ def main() -> None:
         print("\n### One 2,000-step trace at 16,384 patches (128×128)\n")
         tr = big_trace(128, 128, 2000, seed=7)
         d = _from_trace("synthetic 128×128 2,000 steps", tr)
+        print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; wall ms (CPU ms of this "
+              "process in brackets)\n")
         print("| codec | bytes/step | encode ms | decode ms (all steps) | decode one step ms (median of 50) |")
         print("| --- | ---: | ---: | ---: | ---: |")
         rng = np.random.default_rng(0)
@@ -628,12 +631,12 @@ def main() -> None:
             ("pointer_codec lossless", lambda: pc.encode(d.P, mode="lossless"),
              lambda b: pc.decode(b, len(d.P), d.P.shape[1:]), lambda b, i: pc.decode_step(b, len(d.P), d.P.shape[1:], int(i))),
         ):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             b = enc()
-            te = time.perf_counter() - t
-            t = time.perf_counter()
+            te, ce = time.perf_counter() - t, time.process_time() - c
+            t, c = time.perf_counter(), time.process_time()
             dec(b)
-            td = time.perf_counter() - t
+            td, cd = time.perf_counter() - t, time.process_time() - c
             if one is not None:
                 ts = []
                 for i in picks:
@@ -643,7 +646,8 @@ def main() -> None:
                 o = f"{statistics.median(ts) * 1e3:.1f}"
             else:
                 o = "— (whole blob)"
-            print(f"| {name} | {fmt_b(len(b) / len(d.P))} | {te * 1e3:,.0f} | {td * 1e3:,.0f} | {o} |")
+            print(f"| {name} | {fmt_b(len(b) / len(d.P))} | {te * 1e3:,.0f} ({ce * 1e3:,.0f}) | "
+                  f"{td * 1e3:,.0f} ({cd * 1e3:,.0f}) | {o} |")
             sys.stdout.flush()
         store_anchor(tr, d)
 
@@ -674,12 +678,12 @@ def store_anchor(tr, d: Data) -> None:
         size = (Path(tmp) / "bench.db").stat().st_size + sum(
             p.stat().st_size for p in Path(tmp).glob("bench.db-*"))
         store.close()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     b = pc.encode(d.P, d.p_copy, d.is_copy)
-    te = time.perf_counter() - t
-    t = time.perf_counter()
+    te, ce = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
     pc.decode(b, len(d.P), d.P.shape[1:])
-    td = time.perf_counter() - t
+    td, cd = time.perf_counter() - t, time.process_time() - c
     f16 = time.perf_counter()
     to_float16(d.P)
     f16 = time.perf_counter() - f16
@@ -690,8 +694,8 @@ def store_anchor(tr, d: Data) -> None:
     print(f"| `get_step` (median of 50 random steps) | {statistics.median(steps) * 1e3:.1f} ms |")
     print(f"| database size per trace | {size / 3 / 1e6:,.1f} MB |")
     print(f"| float16 conversion inside `save_trace` (to_float16, whole trace) | {f16 * 1e3:,.0f} ms |")
-    print(f"| codec encode (replaces the float16 conversion) | {te * 1e3:,.0f} ms |")
-    print(f"| codec decode (added to `get_trace`) | {td * 1e3:,.0f} ms |")
+    print(f"| codec encode (replaces the float16 conversion) | {te * 1e3:,.0f} ms ({ce * 1e3:,.0f} ms CPU) |")
+    print(f"| codec decode (added to `get_trace`) | {td * 1e3:,.0f} ms ({cd * 1e3:,.0f} ms CPU) |")
     print(f"| codec blob per trace | {len(b) / 1e6:,.1f} MB |")
 
 
