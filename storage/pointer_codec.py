@@ -47,8 +47,8 @@ all its steps where that is not larger (tiny grids).
 read as v1 when it starts with the magic and its header passes its CRC; otherwise, when its length is exactly
 n·rows·cols·2, as legacy float16 (decoded bit for bit as before). A legacy blob passes for v1 only if its first
 value is the float16 0x5689 = 104.6 (never a probability) *and* its header CRC matches. Anything else raises
-ValueError. Speed (2-core VM): roughly 25–40 MB/s of float16 each way, ~1.5 s per direction for a 2,000-step
-16,384-patch trace; one step at 16k patches decodes in a few milliseconds.
+ValueError. Speed: ≈ 40 ns per cell each way on a quiet 2-core VM (≈ 1.3 s per direction for a 2,000-step
+16,384-patch trace, ≈ 5 ms for one step, i.e. its group of 8), 2–4× that while the VM is shared.
 """
 
 from __future__ import annotations
@@ -687,7 +687,7 @@ def _parse(blob: bytes | memoryview, n: int, grid: Sequence[int]) -> _Parsed | N
     buf = memoryview(blob).cast("B") if not isinstance(blob, bytes) else memoryview(blob)
     legacy_len = n * rows * cols * 2
     if len(buf) >= _HEAD.size and bytes(buf[:4]) == MAGIC:
-        magic, version, flags, _, bn, br, bc, per = _HEAD.unpack(buf[:_HEAD.size])
+        _, version, flags, _, bn, br, bc, per = _HEAD.unpack(buf[:_HEAD.size])
         if version == FORMAT_VERSION:
             n_groups = -(-bn // per) if per else -1
             n_kind = -(-bn // 8)
@@ -704,8 +704,10 @@ def _parse(blob: bytes | memoryview, n: int, grid: Sequence[int]) -> _Parsed | N
             if len(buf) != legacy_len:
                 raise ValueError("corrupt or truncated pointer blob (v1 header does not check out)")
         elif len(buf) != legacy_len:
-            raise ValueError(f"pointer blob format version {version} is newer than this v1 Studio reads "
-                             f"(≤ {FORMAT_VERSION}); upgrade to read it")
+            if version > FORMAT_VERSION:
+                raise ValueError(f"pointer blob format version {version} is newer than this v1 Studio reads "
+                                 f"(≤ {FORMAT_VERSION}); upgrade to read it")
+            raise ValueError(f"corrupt pointer blob: unknown format version {version}")
     if len(buf) == legacy_len:
         return None
     raise ValueError(f"pointer blob has {len(buf)} bytes: neither a v1 pointer blob nor raw float16 "

@@ -190,6 +190,9 @@ def test_corrupt_or_truncated_blobs_raise_a_clear_value_error():
     newer[4] = pc.FORMAT_VERSION + 1
     with pytest.raises(ValueError, match="newer than this v1 Studio reads"):
         pc.decode(bytes(newer), 30, (37, 37))
+    newer[4] = 0
+    with pytest.raises(ValueError, match="unknown format version 0"):
+        pc.decode(bytes(newer), 30, (37, 37))
 
 
 def test_bad_input_is_refused():
