@@ -11,8 +11,8 @@ The demo model's 12×12 grids and ~70-step traces hide every cost; v1-7B's grids
 - **Text steps** (most steps): ``pointer = softmax((S + Q_t) / τ_t + ε_t)``, where ``Q_t`` is a query blob that
   drifts by a random walk (consecutive steps are correlated, as the hidden state changes slowly), ``τ_t`` is
   large so the distribution is *diffuse* (normalised entropy about 0.85–0.97, like v1's text-step pointers), and
-  ``ε_t`` is i.i.d. patch-level noise (σ 0.25 in logit units by default, ``noise=``): the high-entropy detail that makes diffuse maps
-  hard to compress. ``p_copy`` is small (log-uniform in [1e-4, 5e-2]).
+  ``ε_t`` is i.i.d. patch-level noise (σ 0.25 in logit units by default, ``noise=``): the high-entropy detail that
+  makes diffuse maps hard to compress. ``p_copy`` is small (log-uniform in [1e-4, 5e-2]).
 - **Revisits.** About one every ``revisit_every`` steps (Poisson), the text opens
   ``detect(query="…", objects=["<objN><region>[x0, y0, x1, y1]`` and then copies 4–30 consecutive patches
   walking an object's box in row-major order, as v1 does, then closes ``</region>"])``. A copy step's pointer is
