@@ -602,7 +602,8 @@ def main() -> None:
             res = run_candidate(Codec(), sets, TV_TEXT)
             calib.append(("demo model (real), text steps", sets, res.nbytes * 8 / sum(P.size for P in sets)))
         print("\n### Calibration: text-step maps, synthetic vs the demo model\n")
-        print("| source | normalised entropy (median) | p_max·N (median) | γ₁ = ½E[Δ₁ log p]² | γ₂ (lag 2) | "
+        print("| source | normalised entropy (median) | p_max·N (median) | γ₁ = ½E[Δ₁ log p]² | γ₂ (lag 2) "
+              "| "
               "nugget σ = √(2γ₁−γ₂) | cells with p ≥ 0.1/N | codec bits/cell |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, P, bits in calib:
@@ -645,16 +646,19 @@ def main() -> None:
         print("| --- | ---: | ---: | ---: | ---: |")
         rng = np.random.default_rng(0)
         picks = rng.integers(0, len(d.P), 50)
+
+        def one_step(b: bytes, i: int) -> np.ndarray:
+            return pc.decode_step(b, len(d.P), d.P.shape[1:], int(i))
+
         for name, enc, dec, one in (
             ("raw float16 (today)", lambda: to_float16(d.P).tobytes(),
-             lambda b: np.frombuffer(b, "<f2").reshape(d.P.shape).astype(np.float32),
-             lambda b, i: pc.decode_step(b, len(d.P), d.P.shape[1:], int(i))),
+             lambda b: np.frombuffer(b, "<f2").reshape(d.P.shape).astype(np.float32), one_step),
             (f"float16 + shuffle + {FAST}", lambda: ShuffleF16(FAST).encode(d.P),
              lambda b: ShuffleF16(FAST).decode(b, d.P.shape), None),
             ("pointer_codec compact", lambda: pc.encode(d.P, d.p_copy, d.is_copy),
-             lambda b: pc.decode(b, len(d.P), d.P.shape[1:]), lambda b, i: pc.decode_step(b, len(d.P), d.P.shape[1:], int(i))),
+             lambda b: pc.decode(b, len(d.P), d.P.shape[1:]), one_step),
             ("pointer_codec lossless", lambda: pc.encode(d.P, mode="lossless"),
-             lambda b: pc.decode(b, len(d.P), d.P.shape[1:]), lambda b, i: pc.decode_step(b, len(d.P), d.P.shape[1:], int(i))),
+             lambda b: pc.decode(b, len(d.P), d.P.shape[1:]), one_step),
         ):
             t, c = time.perf_counter(), time.process_time()
             b = enc()

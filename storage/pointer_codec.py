@@ -458,7 +458,8 @@ def _to_float16(x: np.ndarray) -> np.ndarray:
     return to_float16(x)
 
 
-def _recover_integers(P: np.ndarray, max_tv: float | np.ndarray = 5e-4, max_j: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def _recover_integers(P: np.ndarray, max_tv: float | np.ndarray = 5e-4,
+                      max_j: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Steps that are already decoded output — q = k/Σk for integers k, possibly rounded to float16 by an
     export — and those k, so that saving a loaded trace again (or export → import) changes nothing.
 
