@@ -45,9 +45,9 @@ except ImportError:  # pragma: no cover - reported in the output
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from storage import pointer_codec as pc  # noqa: E402
-from storage.store import to_float16  # noqa: E402
-from v1core.synthetic import big_trace  # noqa: E402
+from storage import pointer_codec as pc
+from storage.codec import to_float16
+from v1core.synthetic import big_trace
 
 TV_TEXT = 1e-2
 TV_COPY = 1e-3
@@ -296,7 +296,7 @@ class LinearOrder0(Candidate):
     name = "uniform-in-p (TV-calibrated), no prediction + Huffman"
 
     def encode(self, P):
-        k, ok = pc._quantise(P, pc.DEFAULT_TV)
+        k, ok = pc.quantise(P, pc.DEFAULT_TV)
         assert ok.all()
         esc = k[k >= 255].astype("<u4")
         comp = COMPRESSORS["huffman"][0]
@@ -309,7 +309,7 @@ class LinearOrder0(Candidate):
         k = np.frombuffer(dec(b[4:4 + n]), np.uint8).astype(np.int32).reshape(shape)
         esc = np.frombuffer(dec(b[4 + n:]), "<u4") if len(b) > 4 + n else np.zeros(0, "<u4")
         k[k == 255] = esc
-        return pc._dequantise(k)
+        return pc.dequantise(k)
 
 
 class Codec(Candidate):
@@ -458,7 +458,7 @@ def temporal_gain(P: np.ndarray, keep: np.ndarray, weights=(0.0, 0.25, 0.5, 1.0)
     spatially (geometric mean of the 4 neighbours) and with the previous step's detail added:
     log(k̂+1) = spatial + w·(log(k_{t−1}+1) − spatial_{t−1}). w = 0 is spatial only; a gain at w > 0 would
     mean patch-level structure persists from step to step (fixed image keys) and temporal prediction pays."""
-    k, _ = pc._quantise(P.astype(np.float32), pc.DEFAULT_TV)
+    k, _ = pc.quantise(P.astype(np.float32), pc.DEFAULT_TV)
     L = np.log(k + 1.0)
     pad = np.pad(L, ((0, 0), (1, 1), (1, 1)), mode="edge")
     s = (pad[:, :-2, 1:-1] + pad[:, 2:, 1:-1] + pad[:, 1:-1, :-2] + pad[:, 1:-1, 2:]) / 4

@@ -453,12 +453,12 @@ def _decode_field(rd: _Reader, m: int, rows: int, cols: int, kind: int) -> np.nd
 
 # ------------------------------------------------------------------------------------------- quantisation
 def _to_float16(x: np.ndarray) -> np.ndarray:
-    from .store import to_float16  # lazy: store will import this module
+    from .codec import to_float16  # lazy: storage/codec.py will import this module
 
     return to_float16(x)
 
 
-def _recover_integers(P: np.ndarray, max_tv: float | np.ndarray = 5e-4,
+def recover_integers(P: np.ndarray, max_tv: float | np.ndarray = 5e-4,
                       max_j: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Steps that are already decoded output — q = k/Σk for integers k, possibly rounded to float16 by an
     export — and those k, so that saving a loaded trace again (or export → import) changes nothing.
@@ -504,14 +504,14 @@ def _recover_integers(P: np.ndarray, max_tv: float | np.ndarray = 5e-4,
             if np.abs(xr - k).max() > 0.49 or k.max() >= _K_MAX or k.sum() <= 0:
                 continue
             kk = k.astype(np.int32).reshape(1, *P.shape[1:])
-            if float(np.abs(P[i] - _dequantise(kk)[0]).sum(dtype=np.float64)) * 0.5 <= max_tv[i]:
+            if float(np.abs(P[i] - dequantise(kk)[0]).sum(dtype=np.float64)) * 0.5 <= max_tv[i]:
                 k_out[i] = kk.ravel()
                 found[i] = True
                 break
     return k_out.reshape(P.shape), found
 
 
-def _quantise(P: np.ndarray, tv: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def quantise(P: np.ndarray, tv: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """P float32 [m, rows, cols] → (k int32, ok bool [m]): k = round(P/a) with, per step, the largest step a
     found for which the decoded q = k/Σk (computed exactly as `decode` returns it) has TV(P, q) ≤ tv. A
     bracketing secant search (TV ≈ N·a/8 is nearly linear in a) settles most steps in one or two tries. ok is
@@ -521,7 +521,7 @@ def _quantise(P: np.ndarray, tv: float | np.ndarray) -> tuple[np.ndarray, np.nda
     a = 8.0 * tv / (P.shape[1] * P.shape[2])
     lo = np.zeros(m)  # largest a known to meet tv
     hi = np.full(m, np.inf)  # smallest a known to fail
-    k, found = _recover_integers(P, max_tv=np.minimum(tv, 5e-4))  # float16 rounding alone costs ~2e-4
+    k, found = recover_integers(P, max_tv=np.minimum(tv, 5e-4))  # float16 rounding alone costs ~2e-4
     lo[found] = 1.0
     pmax = P.max(axis=(1, 2)).astype(np.float64)
     a = np.maximum(a, pmax / (_K_MAX - 1))  # keep k below 2^24
@@ -530,7 +530,7 @@ def _quantise(P: np.ndarray, tv: float | np.ndarray) -> tuple[np.ndarray, np.nda
     for _ in range(10):
         if todo.size == 0:
             break
-        # float32 throughout: kk holds exact integers (< 2^24), q is what `_dequantise` returns bit for bit
+        # float32 throughout: kk holds exact integers (< 2^24), q is what `dequantise` returns bit for bit
         kk = np.rint(flat[todo] * (1.0 / a[todo, None]).astype(np.float32))
         total = kk.sum(axis=1, dtype=np.float64)
         d = flat[todo] - kk / np.maximum(total, 1).astype(np.float32)[:, None]
@@ -552,7 +552,7 @@ def _quantise(P: np.ndarray, tv: float | np.ndarray) -> tuple[np.ndarray, np.nda
     return k, lo > 0
 
 
-def _dequantise(k: np.ndarray) -> np.ndarray:
+def dequantise(k: np.ndarray) -> np.ndarray:
     """k int [m, rows, cols] → float32 q = k / Σk per step, exactly what `decode` returns (float32 IEEE ops)."""
     s = k.sum(axis=(1, 2), dtype=np.int64, keepdims=True).astype(np.float32)
     return k.astype(np.float32) / np.maximum(s, np.float32(1))
@@ -631,7 +631,7 @@ def _encode_group(G: np.ndarray, lossy: np.ndarray, targets: np.ndarray) -> tupl
     lossy = lossy.copy()
     parts = [_GROUP_CODED]
     if lossy.any():
-        k, ok = _quantise(G[lossy], targets[lossy])
+        k, ok = quantise(G[lossy], targets[lossy])
         if not ok.all():  # no valid step size (cannot happen for real distributions): store those exactly
             lossy[np.flatnonzero(lossy)[~ok]] = False
             k = k[ok]
@@ -745,7 +745,7 @@ def _decode_group(p: _Parsed, gi: int) -> np.ndarray:
     rd = _Reader(body[1:], f"group {gi}")
     lossy = kinds == KIND_LOSSY
     if lossy.any():
-        out[lossy] = _dequantise(_decode_field(rd, int(lossy.sum()), p.rows, p.cols, KIND_LOSSY))
+        out[lossy] = dequantise(_decode_field(rd, int(lossy.sum()), p.rows, p.cols, KIND_LOSSY))
     if (~lossy).any():
         u = _decode_field(rd, int((~lossy).sum()), p.rows, p.cols, KIND_EXACT)
         out[~lossy] = u.astype(np.uint16).view("<f2").astype(np.float32)

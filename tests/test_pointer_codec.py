@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from storage import pointer_codec as pc
-from storage.store import to_float16
+from storage.codec import to_float16
 from v1core.synthetic import big_trace
 from v1core.trace import pointers_from_bytes
 
@@ -228,8 +228,8 @@ def test_saving_decoded_pointers_again_loses_nothing_more():
 
 def test_continuous_pointers_are_not_mistaken_for_decoded_ones():
     P, _, _ = trace_arrays(37, 37, 30, seed=12)
-    _, found = pc._recover_integers(P)
+    _, found = pc.recover_integers(P)
     assert not found.any()
-    k, ok = pc._quantise(P, pc.DEFAULT_TV)
-    _, found = pc._recover_integers(pc._dequantise(k))
+    k, ok = pc.quantise(P, pc.DEFAULT_TV)
+    _, found = pc.recover_integers(pc.dequantise(k))
     assert found.all()
