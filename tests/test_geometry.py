@@ -13,6 +13,8 @@ from v1core.geometry import (
     DEFAULT_MIN_PIXELS,
     ImageGeometryError,
     PatchGrid,
+    TrainingGeometry,
+    dataset_resize,
     smart_resize,
 )
 
@@ -228,3 +230,148 @@ def test_grid_is_hashable_and_frozen(grid: PatchGrid) -> None:
     assert hash(grid) == hash(PatchGrid.from_resized([1120, 560], [560, 280]))
     with pytest.raises(AttributeError):
         grid.resized = (28, 28)  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------- training geometry
+# Sizes, boxes and ids of the official training code are matched row by row in test_v1g_collate.py; these cover
+# the rules that the published-layout rows cannot tell apart, and the cells -> box inverses.
+@pytest.mark.parametrize(("size", "expected"), [
+    ((672, 500), (672, 500)),  # exactly 672: not rescaled, not rounded to 28 (the processor rounds it later)
+    ((640, 480), (640, 480)),
+    ((673, 500), (672, 504)),  # 1 px over: 672x499 after int(), then 499 -> 504
+    ((960, 700), (672, 476)),  # 700 * 0.7 = 489.99999999999994 -> int 489 -> 476 (exact 490 would give 504)
+    ((1280, 720), (672, 392)),  # 378 / 28 = 13.5 -> 14 (half to even)
+    ((1344, 700), (672, 336)),  # 350 / 28 = 12.5 -> 12 (half to even)
+    ((10000, 300), (672, 28)),  # 672x20 -> at least 28
+])
+def test_dataset_resize(size: tuple[int, int], expected: tuple[int, int]) -> None:
+    assert dataset_resize(*size) == expected
+
+
+def test_dataset_resize_refuses_degenerate_images_with_the_reason() -> None:
+    with pytest.raises(ImageGeometryError, match="becomes 672×0 px"):
+        dataset_resize(100_000, 50)
+    with pytest.raises(ImageGeometryError, match="aspect ratio of 224:1"):
+        dataset_resize(6720, 30)
+    with pytest.raises(ImageGeometryError, match="positive"):
+        dataset_resize(0, 10)
+
+
+def test_copy_ids_keep_the_reference_float_order() -> None:
+    # 261 / 406 * 392 = 252.00000000000003 (divide first, as the reference) picks up a 10th column;
+    # 261 * 392 / 406 would give exactly 252 and 9 columns.
+    g = TrainingGeometry.for_image(406, 652)
+    assert g.processor_size == (392, 644)
+    assert g.copy_ids([0, 0, 261, 28]) == list(range(10))
+    # and on the start side: 420 / 616 * 616 = 419.99999999999994 stays in column 14
+    g = TrainingGeometry.for_image(616, 564)
+    assert g.copy_ids([420, 0, 500, 28]) == [14, 15, 16, 17]
+
+
+def test_box_text_is_not_clamped_and_uses_python_rounding() -> None:
+    g = TrainingGeometry.for_image(640, 480)
+    assert g.box_text([600, 400, 700, 500]) == "[0.94, 0.83, 1.09, 1.04]"
+    g = TrainingGeometry.for_image(600, 400)
+    assert g.box_text([9, 0, 10, 10]) == "[0.01, 0.00, 0.02, 0.03]"  # 9/600 = 0.015 -> "0.01" (binary double)
+
+
+def test_dataset_box_types() -> None:
+    small = TrainingGeometry.for_image(600, 400)
+    assert small.dataset_box([9.7, 27.9, 100.25, 142.5]) == (9.7, 27.9, 100.25, 142.5)  # untouched, floats kept
+    assert [type(v) for v in small.dataset_box([9, 27.0, 100, 142])] == [int, float, int, int]
+    big = TrainingGeometry.for_image(3000, 2000)
+    assert big.dataset_box([1505, 1003, 1530, 1020]) == (337, 224, 343, 229)
+    assert all(type(v) is int for v in big.dataset_box([1505.5, 1003.2, 1530.1, 1020.9]))
+    with pytest.raises(ValueError, match=r"\[x0, y0, x1, y1\] numbers"):
+        big.copy_ids([1, 2, 3])
+
+
+def test_training_grid_and_serialisation() -> None:
+    g = TrainingGeometry.for_image(1024, 768)
+    assert (g.dataset_size, g.processor_size, g.shape, g.image_grid_thw) == ((672, 504), (672, 504), (18, 24),
+                                                                             (1, 36, 48))
+    assert g.rescaled and not TrainingGeometry.for_image(640, 480).rescaled
+    assert g.grid == PatchGrid.from_resized((1024, 768), (672, 504))  # drawn on the original image
+    assert PatchGrid.for_image(1024, 768).shape == (27, 37)  # the inference grid of the same image
+    assert TrainingGeometry.from_dict(g.to_dict()) == g
+    with pytest.raises(ValueError, match="multiples of the 28-px"):
+        TrainingGeometry((640, 480), (640, 480), (640, 480))
+    with pytest.raises(ValueError, match="not a training geometry"):
+        TrainingGeometry.from_dict({"image_size": [1, 2]})
+
+
+def _random_rect(rng, rows: int, cols: int) -> list[int]:
+    r0 = rng.randrange(rows)
+    r1 = rng.randint(r0 + 1, rows)
+    c0 = rng.randrange(cols)
+    c1 = rng.randint(c0 + 1, cols)
+    return [r * cols + c for r in range(r0, r1) for c in range(c0, c1)]
+
+
+def _sizes(n: int, seed: int):
+    import random
+
+    rng = random.Random(seed)
+    out = [(640, 480), (1024, 768), (672, 672), (406, 652), (616, 564), (3000, 2000), (320, 240), (500, 1400)]
+    while len(out) < n:
+        w = rng.randint(28, 4000)
+        out.append((w, rng.randint(max(28, w // 150), min(4000, w * 150))))
+    return rng, out
+
+
+def test_cells_box_is_the_exact_inverse_of_copy_ids() -> None:
+    rng, sizes = _sizes(400, 0)
+    for w, h in sizes:
+        g = TrainingGeometry.for_image(w, h)
+        ids = _random_rect(rng, *g.shape)
+        box = g.cells_box(ids)
+        assert g.copy_ids(box) == ids, (w, h, ids, box)
+        assert all(type(v) is int for v in box)  # whole pixels, as published rows write them
+        assert g.region_for_cells(ids).copy_ids == tuple(ids)
+    g = TrainingGeometry.for_image(1024, 768)
+    assert g.copy_ids(g.cells_box([5, 30])) == [5, 6, 29, 30]  # not a rectangle: its bounding rectangle
+    with pytest.raises(ValueError, match=r"outside the 18×24 grid \(valid ids: 0..431\)"):
+        g.cells_box([432])
+    with pytest.raises(ValueError, match="at least one cell"):
+        g.cells_box([])
+
+
+def test_cells_of_the_inference_grid_map_onto_the_training_grid() -> None:
+    rng, sizes = _sizes(400, 1)
+    for w, h in sizes:
+        g = TrainingGeometry.for_image(w, h)
+        inf = PatchGrid.for_image(w, h)
+        ids = _random_rect(rng, *inf.shape)
+        region = g.region_for_cells(ids, grid=inf)
+        union = inf.patches_to_box(ids)
+        assert union[0] <= region.box[0] < region.box[2] <= union[2], (w, h, ids)  # inside the drawn cells
+        assert union[1] <= region.box[1] < region.box[3] <= union[3], (w, h, ids)
+        assert list(region.copy_ids) == g.copy_ids(region.box)
+        # every training cell overlapping the drawn cells by more than half a resized pixel, and no other
+        rows, cols = g.shape
+        c = g.cell
+        sx, sy = g.processor_size[0] / w, g.processor_size[1] / h
+        tol_x, tol_y = 0.5 * w / inf.resized[0] * sx, 0.5 * h / inf.resized[1] * sy
+        want = [r * cols + k for r in range(rows) for k in range(cols)
+                if min((k + 1) * c, union[2] * sx) - max(k * c, union[0] * sx) > tol_x
+                and min((r + 1) * c, union[3] * sy) - max(r * c, union[1] * sy) > tol_y]
+        assert list(region.copy_ids) == want, (w, h, ids, region)
+        # the same grid through the other-grid path gives the cells back exactly
+        same = _random_rect(rng, *g.shape)
+        assert g.copy_ids(g.box_from_grid(g.grid, same)) == same
+    with pytest.raises(ValueError, match="grid is for a"):
+        TrainingGeometry.for_image(1024, 768).box_from_grid(PatchGrid.for_image(640, 480), [0])
+
+
+def test_a_1024x768_correction_lands_on_the_training_cells() -> None:
+    # the example of the class docstring: 27x37 inference cells, 18x24 training cells
+    g, inf = TrainingGeometry.for_image(1024, 768), PatchGrid.for_image(1024, 768)
+    ids = [r * 37 + c for r in range(10, 13) for c in range(20, 24)]  # 3x4 inference cells
+    region = g.region_for_cells(ids, grid=inf)
+    # cells span x 560..672, y 280..364 of 1036x756 -> original (553.51, 284.44, 664.22, 369.78); the nearest whole
+    # pixels inside that keep the training cells: 554 (x 363.56 -> floor 363 -> column 12), 664 (435.75 -> 436 ->
+    # 15.57 -> end 16), 285, 369 (242.16 -> 243 -> 8.68 -> end 9)
+    assert region.box == (554, 285, 664, 369)
+    assert region.dataset_box == (363, 187, 436, 243)
+    assert region.box_text == "[0.54, 0.37, 0.65, 0.48]"
+    assert region.copy_ids == tuple(r * 24 + c for r in range(6, 9) for c in range(12, 16))
