@@ -332,7 +332,8 @@ def _run(
             resized_size=info.grid.resized, grid=info.grid.shape, question=item.question,
             system_prompt=info.system_prompt, settings=settings, status="running", prompt_tokens=info.prompt_tokens,
             source="generated",
-            meta={"item_key": key, "source": item.source, **{k: v for k, v in item.meta.items() if k != "item_key"}},
+            meta={"item_key": key, "source": item.source, "prompt_suffix": info.prompt_suffix,
+                  **{k: v for k, v in item.meta.items() if k != "item_key"}},
         ))
     t0 = time.perf_counter()
     try:

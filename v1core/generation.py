@@ -381,6 +381,7 @@ class TraceRun:
             settings=self.settings,
             status="running",
             prompt_tokens=info.prompt_tokens,
+            meta={"prompt_suffix": info.prompt_suffix},
         )
 
     def __iter__(self) -> Iterator[Step]:

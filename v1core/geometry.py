@@ -579,7 +579,8 @@ class TrainingGeometry:
         ids = list(ids)
         if not ids:
             raise ValueError("no cells given; a region needs at least one cell")
-        bad = [k for k in ids if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < rows * cols]
+        bad = [k for k in ids
+               if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < rows * cols]
         if bad:
             raise ValueError(f"cell id {bad[0]!r} is outside the {rows}×{cols} grid (valid ids: 0..{rows * cols - 1})")
         rs = [int(k) // cols for k in ids]

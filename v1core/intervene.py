@@ -114,6 +114,7 @@ class BranchRun:
             grid=p.grid, question=p.question, system_prompt=p.system_prompt, settings=p.settings,
             steps=[copy.copy(s) for s in p.steps[: self.branch_step]], status="running", prompt_tokens=p.prompt_tokens,
             parent_id=p.trace_id, branch_step=self.branch_step, branch_edit=self.edit.to_dict(), tags=list(p.tags),
+            meta={"prompt_suffix": self.processor.prompt_suffix},
         )
 
     def __iter__(self) -> Iterator[Step]:

@@ -22,10 +22,10 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from .copy_tokens import copy_token
 from .geometry import PatchGrid
+from .v1g import PAPER_PROMPT_SUFFIX, user_text
 
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-PAPER_PROMPT_SUFFIX = "\nPlease answer the question using a long-chain reasoning style and think step by step."
 DEFAULT_MIN_PIXELS = 3136
 DEFAULT_MAX_PIXELS = 12845056
 V1_PROCESSOR_CONFIG = "v1_processor_config.json"
@@ -58,6 +58,7 @@ class PromptInfo:
     prompt_tokens: int
     system_prompt: str
     question: str
+    prompt_suffix: str = PAPER_PROMPT_SUFFIX  # appended to the question (`v1g.user_text`); traces record it
 
 
 class V1Processor:
@@ -207,7 +208,7 @@ class V1Processor:
         ids += [im_start, *plain("user\n"), self.vision_start_token_id]
         ids += [self.image_token_id] * n_image_tokens
         ids += [self.vision_end_token_id]
-        ids += self.encode_user_text(question + self.prompt_suffix)
+        ids += self.encode_user_text(user_text(question, self.prompt_suffix))
         ids += [im_end, *plain("\n"), im_start, *plain("assistant\n")]
         return ids
 
@@ -235,7 +236,7 @@ class V1Processor:
             ids = self.prompt_ids(question, rows * cols, system_prompt)
             seqs.append(ids)
             system = self.system_prompt if system_prompt is None else system_prompt
-            infos.append(PromptInfo(grid, len(ids), system, question))
+            infos.append(PromptInfo(grid, len(ids), system, question, self.prompt_suffix))
         width = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], dtype=torch.long)
