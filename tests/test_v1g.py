@@ -269,3 +269,22 @@ def test_steps_from_text_concatenate_to_the_text() -> None:
     assert "".join(s.text for s in steps) == text
     assert [(s.is_copy, s.patch, s.token_id) for s in steps] == [
         (False, None, -1), (True, 3, 103), (True, 4, 104), (False, None, -1), (True, 0, 100)]
+
+
+def test_the_batch_tracer_re_asks_v1g_questions(tmp_path) -> None:
+    from pathlib import Path
+
+    from v1core.batch import iter_items
+
+    fixture = Path(__file__).parent / "fixtures" / "v1g-collate" / "rows.parquet"
+    items = list(iter_items(fixture))
+    assert len(items) == 12 and not [it.error for it in items if it.error]
+    assert items[0].question == "Which is larger, the cyan block or the red patch?"
+    assert items[0].meta["row_id"] == "6205" and items[0].image.size == (640, 480)
+    (tmp_path / "a.png").write_bytes(b"")
+    lines = [json.dumps(_row("x", {}, human="<image>\nQ?" + v1g.PAPER_PROMPT_SUFFIX, image="a.png")),
+             json.dumps(_row("x", {}, human="no placeholder", image="a.png"))]
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    good, bad = list(iter_items(tmp_path / "rows.jsonl"))
+    assert good.question == "Q?"  # the processor adds the suffix again, once
+    assert bad.error and "must start with '<image>\\n'" in bad.error

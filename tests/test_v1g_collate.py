@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -185,3 +186,24 @@ def test_rows_written_with_the_schema_load_back_identically(tmp_path: Path) -> N
     ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "train.parquet"), split="train")
     ds = ds.cast_column("image", datasets.Image(decode=False))
     assert [dict(r) for r in ds] == copy.deepcopy(ROWS)
+
+
+def test_the_demo_trainer_reads_published_rows_on_the_training_geometry(tokenizer) -> None:
+    """`train-demo --from-export` builds its examples with the official geometry: the same grid and the same copy
+    ids, every occurrence, as the reference collate (here with the fixture's tokenizer and v1-7B's pixel limits)."""
+    from v1core.demo.train_demo import v1g_examples
+    from v1core.processing_v1 import V1Processor
+
+    ids = tokenizer.convert_tokens_to_ids
+    processor = V1Processor(tokenizer, copy_token_start=ids("<|copy_0|>"), copy_token_num=30000,
+                            image_token_id=ids("<|image_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+                            vision_end_token_id=ids("<|vision_end|>"))
+    examples = v1g_examples(processor, copy.deepcopy(ROWS))
+    start = processor.copy_token_start
+    for ex, (_raw, exp) in zip(examples, CASES, strict=True):
+        assert ex.image_grid_thw.tolist() == exp["image_grid_thw"]
+        copies = [t - start for t in ex.labels if t >= start]
+        want = []
+        for key in re.findall(r"<obj\d+>", exp["gpt_value"]):  # in text order, each occurrence in full
+            want += exp["objects"][key]["copy_ids"]
+        assert copies == want, exp["index"]

@@ -25,6 +25,7 @@ from .generation import eos_token_ids, generate_traces
 from .images import ImageError, load_image
 from .processing_v1 import V1Processor
 from .trace import DecodingSettings, Trace
+from .v1g import V1GFormatError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 
@@ -63,13 +64,13 @@ def _load(item: TraceItem, ref: Any, base: Path | None) -> TraceItem:
 
 
 def _question_of(row: dict[str, Any], question_column: str) -> str | None:
+    """The row's question column, or a v1g row's question (re-traced); raises V1GFormatError for a bad v1g row."""
     if question_column in row and row[question_column]:
         return str(row[question_column])
     if "conversations" in row or "conversation" in row:  # a v1g row: re-trace its question
-        from .demo.targets import v1g_question
-        from .demo.train_demo import _to_sharegpt
+        from .v1g import question_of
 
-        return v1g_question(_to_sharegpt(row))
+        return question_of(row)
     return None
 
 
@@ -102,7 +103,12 @@ def iter_items(
                     item.error = f"not JSON ({exc.msg})"
                     yield item
                     continue
-                q = question or _question_of(row, question_column)
+                try:
+                    q = question or _question_of(row, question_column)
+                except V1GFormatError as exc:
+                    item.error = str(exc)
+                    yield item
+                    continue
                 if not q:
                     item.error = f"no {question_column!r} field"
                     yield item
@@ -130,7 +136,12 @@ def _iter_dataset(src: Path, question: str | None, image_column: str, question_c
         ds = ds.cast_column(image_column, datasets.Image(decode=False))
     for i, row in enumerate(ds):
         item = TraceItem(source=f"{src.name}[{i}]", meta={"row_id": row.get("id", i)})
-        q = question or _question_of(row, question_column)
+        try:
+            q = question or _question_of(row, question_column)
+        except V1GFormatError as exc:
+            item.error = str(exc)
+            yield item
+            continue
         if not q:
             item.error = f"no {question_column!r} column value"
             yield item

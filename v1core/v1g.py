@@ -67,6 +67,7 @@ __all__ = [
     "numeric_id",
     "parse_regions",
     "parse_row",
+    "question_of",
     "region_markup",
     "rekey",
     "row_from_trace",
@@ -305,13 +306,8 @@ class V1GRow:
         return msgs
 
 
-def parse_row(row: Mapping[str, Any]) -> V1GRow:
-    """Read a v1g row: the published layout, or v1 Studio's older JSONL export (``conversation`` messages with
-    roles user/assistant and an optional leading system turn, ``region`` for ``regions``).
-
-    As the official dataset requires: exactly one human turn then one gpt turn, the human value starting with
-    ``"<image>\\n"``. ``regions`` is parsed with :func:`parse_regions`. Raises :class:`V1GFormatError` with the
-    reason; keys are checked against the text by :func:`expand_keys` (which needs the geometry)."""
+def _human_gpt(row: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(system prompt, user text, gpt text) of a row, with the official dataset's structure checks."""
     if not isinstance(row, Mapping):
         raise V1GFormatError(f"a v1g row must be an object, got {type(row).__name__}")
     turns = _turns(row)
@@ -325,6 +321,23 @@ def parse_row(row: Mapping[str, Any]) -> V1GRow:
     human, gpt = turns[0][1], turns[1][1]
     if not human.startswith(IMAGE_PLACEHOLDER):
         raise V1GFormatError(f"the human turn must start with {IMAGE_PLACEHOLDER!r}, got {human[:40]!r}")
+    return system, human[len(IMAGE_PLACEHOLDER):], gpt
+
+
+def question_of(row: Mapping[str, Any]) -> str:
+    """The question of a v1g row (its user text without the paper's suffix), reading only its turns: what to
+    ask a model again. Raises :class:`V1GFormatError` like :func:`parse_row` for malformed turns."""
+    return split_user_text(_human_gpt(row)[1])[0]
+
+
+def parse_row(row: Mapping[str, Any]) -> V1GRow:
+    """Read a v1g row: the published layout, or v1 Studio's older JSONL export (``conversation`` messages with
+    roles user/assistant and an optional leading system turn, ``region`` for ``regions``).
+
+    As the official dataset requires: exactly one human turn then one gpt turn, the human value starting with
+    ``"<image>\\n"``. ``regions`` is parsed with :func:`parse_regions`. Raises :class:`V1GFormatError` with the
+    reason; keys are checked against the text by :func:`expand_keys` (which needs the geometry)."""
+    system, user, gpt = _human_gpt(row)
     raw_regions = row["regions"] if "regions" in row else row.get("region")
     regions = parse_regions(raw_regions)
     rid = row.get("id")
@@ -334,7 +347,7 @@ def parse_row(row: Mapping[str, Any]) -> V1GRow:
     except (TypeError, ValueError):
         raise V1GFormatError(f"num_tokens must be an integer, got {num_tokens!r}") from None
     return V1GRow(
-        user_text=human[len(IMAGE_PLACEHOLDER):], gpt_text=gpt, regions=regions,
+        user_text=user, gpt_text=gpt, regions=regions,
         image_size=_image_size(row.get("image_size")), id=None if rid is None else str(rid), image=row.get("image"),
         num_tokens=num_tokens, system_prompt=system,
         regions_json=raw_regions if isinstance(raw_regions, str) else None,

@@ -21,12 +21,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..configuration_v1 import V1Config
+from ..geometry import TrainingGeometry
 from ..modeling_v1 import V1ForConditionalGeneration
 from ..processing_v1 import V1Processor
 from ..training import Example, TrainConfig, ask_same_image, build_example, cycle, length_bucketed, replayed, train
 from .scenes import (COLOURS, DEMO_MAX_PIXELS, DEMO_MIN_PIXELS, SHAPES, SIZES, Scene, ask_again, eval_seeds, make_scene,
                      train_seeds)
-from .targets import expand_v1g_row, target_text, v1g_question
+from .targets import target_text
 from .tokenizer import DemoTokenIds, build_demo_tokenizer
 
 # Small enough to train in minutes on 2 CPU cores; big enough that pointing works.
@@ -526,24 +527,39 @@ def train_demo(
 
 
 def v1g_examples(processor: V1Processor, rows: Iterable[dict[str, Any]], image_root: Path | None = None) -> list[Example]:
-    """Examples from exported v1g rows (the same code path real data would take)."""
+    """Examples from v1g rows (exported or published), on the official training geometry: an image over 672 px a
+    side is resized to its dataset size first, and every key expands to the region the training code writes
+    (`v1core.v1g`), in the demo model's keyed form (`<obj0><region>…`). The question is asked as the processor
+    asks it (its prompt suffix added once)."""
     from ..images import load_image
+    from ..v1g import parse_row
 
     out = []
-    for row in rows:
-        img = row.get("image")
+    for raw in rows:
+        row = parse_row(raw)
+        img = row.image
         if isinstance(img, dict):
             img = img.get("bytes") or img.get("path")
         if isinstance(img, str) and image_root is not None and not Path(img).is_absolute():
             img = str(image_root / img)
         image = load_image(img).image
-        grid = processor.grid_for(image)
-        out.append(build_example(processor, image, v1g_question(row), expand_v1g_row(row, grid)))
+        geometry = TrainingGeometry.for_image(*(row.image_size or image.size), min_pixels=processor.min_pixels,
+                                              max_pixels=processor.max_pixels, patch_size=processor.patch_size,
+                                              merge_size=processor.merge_size)
+        if geometry.rescaled or image.size != geometry.image_size:
+            image = image.resize(geometry.dataset_size)  # as the official collate does
+        if processor.grid_for(image).resized != geometry.processor_size:  # never expected: same smart_resize
+            raise RuntimeError(f"row {row.id}: processor grid disagrees with the training geometry {geometry}")
+        _, target = row.expanded(geometry, keep_key=True)
+        out.append(build_example(processor, image, row.question, target))
     return out
 
 
 def read_v1g_rows(path: Path) -> list[dict[str, Any]]:
-    """v1g rows from JSONL or parquet; the JSONL export's collate-time form is accepted too."""
+    """v1g rows from JSONL or parquet (a file or a folder of shards), each in the published layout (`conversations`,
+    `regions` string; v1 Studio's older `conversation` / `region` JSONL is read too) plus any extra columns."""
+    from ..v1g import parse_row
+
     path = Path(path)
     if path.suffix == ".parquet" or path.is_dir():
         import datasets
@@ -552,27 +568,17 @@ def read_v1g_rows(path: Path) -> list[dict[str, Any]]:
         ds = ds.cast_column("image", datasets.Image(decode=False)) if "image" in ds.column_names else ds
         return [dict(r) for r in ds]
     rows = []
-    for line in path.read_text().splitlines():
+    for n, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
-            rows.append(_to_sharegpt(json.loads(line)))
+            try:
+                raw = json.loads(line)
+                row = parse_row(raw)
+            except ValueError as exc:  # JSONDecodeError and V1GFormatError: say where
+                raise ValueError(f"{path}:{n}: {exc}") from None
+            extra = {k: v for k, v in raw.items() if k not in ("conversation", "region")}
+            rows.append({**extra, "id": row.id, "conversations": row.conversations(), "regions": row.regions_string()}
+                        | ({"image_size": list(row.image_size)} if row.image_size else {}))
     return rows
-
-
-def _to_sharegpt(row: dict[str, Any]) -> dict[str, Any]:
-    """Accept the collate-time layout (`conversation` messages + `region`) as well as ShareGPT `conversations`."""
-    if "conversations" in row:
-        return row
-    turns = []
-    for msg in row.get("conversation", []):
-        role = msg.get("role") or msg.get("from")
-        content = msg.get("content") if "content" in msg else msg.get("value")
-        if isinstance(content, list):
-            content = "".join(c.get("text", "") if c.get("type") == "text" else "<image>\n" for c in content)
-        if role in ("user", "human"):
-            turns.append({"from": "human", "value": content})
-        elif role in ("assistant", "gpt"):
-            turns.append({"from": "gpt", "value": content})
-    return {**row, "conversations": turns, "regions": row.get("regions", row.get("region"))}
 
 
 def finetune_from_export(
