@@ -25,7 +25,7 @@ from .generation import eos_token_ids, generate_traces
 from .images import ImageError, load_image
 from .processing_v1 import V1Processor
 from .trace import DecodingSettings, Trace
-from .v1g import V1GFormatError
+from .v1g import V1GFormatError, question_of
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 
@@ -63,15 +63,18 @@ def _load(item: TraceItem, ref: Any, base: Path | None) -> TraceItem:
     return item
 
 
-def _question_of(row: dict[str, Any], question_column: str) -> str | None:
-    """The row's question column, or a v1g row's question (re-traced); raises V1GFormatError for a bad v1g row."""
-    if question_column in row and row[question_column]:
-        return str(row[question_column])
-    if "conversations" in row or "conversation" in row:  # a v1g row: re-trace its question
-        from .v1g import question_of
-
-        return question_of(row)
-    return None
+def _question_of(row: dict[str, Any], question: str | None, column: str, what: str) -> tuple[str, str | None]:
+    """(question, None) — the fixed question, the row's `column`, or a v1g row's question (re-traced) — or
+    ("", why there is none)."""
+    if question:
+        return question, None
+    q: Any = row.get(column) if isinstance(row, dict) else None
+    if not q and isinstance(row, dict) and ("conversations" in row or "conversation" in row):
+        try:
+            q = question_of(row)
+        except V1GFormatError as exc:
+            return "", str(exc)
+    return (str(q), None) if q else ("", f"no {column!r} {what}")
 
 
 def iter_items(
@@ -103,14 +106,8 @@ def iter_items(
                     item.error = f"not JSON ({exc.msg})"
                     yield item
                     continue
-                try:
-                    q = question or _question_of(row, question_column)
-                except V1GFormatError as exc:
-                    item.error = str(exc)
-                    yield item
-                    continue
-                if not q:
-                    item.error = f"no {question_column!r} field"
+                q, item.error = _question_of(row, question, question_column, "field")
+                if item.error:
                     yield item
                     continue
                 item.question, item.meta = q, {"row_id": row.get("id")}
@@ -136,17 +133,10 @@ def _iter_dataset(src: Path, question: str | None, image_column: str, question_c
         ds = ds.cast_column(image_column, datasets.Image(decode=False))
     for i, row in enumerate(ds):
         item = TraceItem(source=f"{src.name}[{i}]", meta={"row_id": row.get("id", i)})
-        try:
-            q = question or _question_of(row, question_column)
-        except V1GFormatError as exc:
-            item.error = str(exc)
+        item.question, item.error = _question_of(row, question, question_column, "column value")
+        if item.error:
             yield item
             continue
-        if not q:
-            item.error = f"no {question_column!r} column value"
-            yield item
-            continue
-        item.question = q
         yield _load(item, row[image_column], src.parent if src.is_file() else src)
 
 

@@ -125,6 +125,13 @@ def user_text_of(trace: Trace) -> str:
 
 
 # ============================================================================= reading rows
+def _loads(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise V1GFormatError(f"{what} is not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
 def parse_regions(value: Any) -> dict[str, list[Number]]:
     """``regions`` (a JSON string as published, bytes, or a mapping) -> {key: [x1, y1, x2, y2]} in original
     pixels, key order and int/float types kept. Keys must be object keys like ``<obj1>``."""
@@ -133,10 +140,7 @@ def parse_regions(value: Any) -> dict[str, list[Number]]:
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode("utf-8")
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise V1GFormatError(f"regions is not valid JSON ({exc.msg} at column {exc.colno})") from None
+        value = _loads(value, "regions")
     if not isinstance(value, Mapping):
         raise V1GFormatError(
             f'regions must be a JSON object like {{"<obj1>": [x1, y1, x2, y2]}}, got {type(value).__name__}')
@@ -186,10 +190,7 @@ def _turns(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     if "conversations" in row:
         src = row["conversations"]
         if isinstance(src, str):
-            try:
-                src = json.loads(src)
-            except json.JSONDecodeError as exc:
-                raise V1GFormatError(f"conversations is not valid JSON ({exc.msg})") from None
+            src = _loads(src, "conversations")
         if not isinstance(src, list):
             raise V1GFormatError("conversations must be a list of {from, value} turns")
         out = []
