@@ -288,3 +288,14 @@ def test_the_batch_tracer_re_asks_v1g_questions(tmp_path) -> None:
     good, bad = list(iter_items(tmp_path / "rows.jsonl"))
     assert good.question == "Q?"  # the processor adds the suffix again, once
     assert bad.error and "must start with '<image>\\n'" in bad.error
+
+
+def test_a_store_that_reorders_json_keys_still_round_trips() -> None:
+    # PostgreSQL JSONB, for one, sorts object keys; the regions' source string kept in meta keeps their order
+    raw = _row('detect(query="b", objects=["<obj2>"]) detect(query="a", objects=["<obj1>"])',
+               {"<obj2>": [5, 5, 60.5, 60], "<obj1>": [0, 0, 50, 50]})
+    trace = v1g.trace_from_row(v1g.parse_row(raw))
+    trace.meta["v1g_regions"] = dict(sorted(trace.meta["v1g_regions"].items()))
+    assert v1g.row_from_trace(trace).to_dict(image=None) == {**raw, "image": None}
+    del trace.meta["v1g_regions_json"]  # a trace imported before the string was kept: the dict, as stored
+    assert list(v1g.row_from_trace(trace).regions) == ["<obj1>", "<obj2>"]

@@ -720,7 +720,10 @@ def row_from_trace(
     geometry = geometry or training_geometry_of(trace)
     grid = trace.patch_grid()
     imported = trace.source == "imported"
-    known = parse_regions(trace.meta.get("v1g_regions")) if imported else {}
+    raw = trace.meta.get("v1g_regions_json") if imported else None
+    raw = raw if isinstance(raw, str) else None
+    # the source string first: it keeps the key order and number types whatever store the meta went through
+    known = parse_regions(raw if raw is not None else trace.meta.get("v1g_regions")) if imported else {}
     text = trace.output_text
     spans = find_regions(text)
 
@@ -761,9 +764,8 @@ def row_from_trace(
     if changed or not isinstance(num_tokens, int):
         num_tokens = int(trace.prompt_tokens or 0) + n_steps
     rid = row_id or (trace.meta.get("v1g_id") if imported else None) or numeric_id(trace.trace_id)
-    raw = trace.meta.get("v1g_regions_json") if imported else None
     return V1GRow(user_text=human, gpt_text=rk.text, regions=rk.regions, image_size=tuple(trace.image_size),
-                  id=str(rid), image=image, num_tokens=num_tokens, regions_json=raw if isinstance(raw, str) else None)
+                  id=str(rid), image=image, num_tokens=num_tokens, regions_json=raw)
 
 
 # ============================================================================= the parquet layout
