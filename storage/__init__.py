@@ -14,7 +14,7 @@ its public API. See docs/STORAGE.md.
 from __future__ import annotations
 
 from .annotations import VERDICTS, REVISIT_LABELS, ROLES, AddedRevisit, Annotation, AnnotationRecord, RevisitLabel
-from .errors import AnnotationConflict, ImageNotFound, PermissionDenied, StorageError, TraceNotFound
+from .errors import AnnotationConflict, ImageNotFound, PermissionDenied, StorageError, StoreUnavailable, TraceNotFound
 from .records import Annotator, ImageInfo, StoredRevisit, TraceSummary
 from .store import Store, Transaction
 
@@ -31,6 +31,7 @@ __all__ = [
     "ROLES",
     "RevisitLabel",
     "StorageError",
+    "StoreUnavailable",
     "Store",
     "StoredRevisit",
     "TraceNotFound",

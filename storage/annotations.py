@@ -55,11 +55,23 @@ def _check_patches(patches: Any, what: str) -> list[int] | None:
     return sorted(set(out))
 
 
+def check_no_nul(value: str, what: str) -> str:
+    """`value` unchanged, or ValueError when it holds a NUL character. NUL is the one character PostgreSQL's text
+    cannot hold, so the store refuses it on every backend alike (SQLite would keep it); every other character,
+    other control characters included, is stored exactly as given."""
+    i = value.find("\x00")
+    if i >= 0:
+        raise ValueError(f"{what} contains a NUL character (\\x00) at position {i}; remove it and save again "
+                         f"(every other character is kept as typed)")
+    return value
+
+
 def _check_str(value: Any, what: str, limit: int, allow_empty: bool = True) -> str:
     if value is None:
         value = ""
     if not isinstance(value, str):
         raise ValueError(f"{what} must be text, got {type(value).__name__}")
+    check_no_nul(value, what)
     if not allow_empty and not value.strip():
         raise ValueError(f"{what} must not be empty")
     if len(value) > limit:

@@ -21,7 +21,7 @@ import numpy as np
 
 from v1core.trace import SCHEMA_VERSION, DecodingSettings, Step, Trace, find_revisits, pointers_from_bytes
 
-from .annotations import AnnotationRecord
+from .annotations import AnnotationRecord, check_no_nul
 
 STATUSES = ("running", "complete", "failed", "cancelled")
 SOURCES = ("generated", "imported")
@@ -122,6 +122,10 @@ def encode_trace(trace: Trace) -> PreparedTrace:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {trace.source!r}")
     if not str(trace.model_id or "").strip():
         raise ValueError("model_id must not be empty")
+    for what, text in (("trace_id", tid), ("model_id", trace.model_id), ("the question", trace.question),
+                       ("the system prompt", trace.system_prompt), ("the output text", trace.output_text),
+                       ("the error message", trace.error), ("image_sha256", trace.image_sha256)):
+        check_no_nul(str(text or ""), what)
     rows, cols = (int(v) for v in trace.grid)
     if rows <= 0 or cols <= 0:
         raise ValueError(f"grid must be positive (rows, cols), got {trace.grid!r}")
@@ -170,7 +174,7 @@ def encode_trace(trace: Trace) -> PreparedTrace:
     ) for i, r in enumerate(revisits)]
     tags: list[str] = []
     for t in trace.tags:
-        t = str(t).strip()
+        t = check_no_nul(str(t), "a tag").strip()
         if not t or len(t) > 100:
             raise ValueError(f"tags must be 1–100 characters, got {t!r}")
         if t not in tags:

@@ -106,19 +106,40 @@ def annotators_set_role(name: str = typer.Argument(..., help="annotator name (or
 
 
 # ----------------------------------------------------------------------------- export
-def _export(kind: str, out: Path, db: Optional[str], **kw) -> None:
-    from . import export
+def _fail(exc: BaseException, code: int = 2) -> typer.Exit:
+    """Print an error as one sentence on stderr; the caller raises the returned Exit."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        msg = f"{exc.strerror}{where}"
+    else:
+        msg = str(exc) or type(exc).__name__
+    typer.echo(f"error: {msg}", err=True)
+    return typer.Exit(code)
 
-    store = _store(db)
+
+def _export(kind: str, out: Path, db: Optional[str], force: bool = False, **kw) -> None:
+    from . import export
+    from .errors import StorageError
+    from .files import check_export_target
+
     try:
+        store = _store(db)
+    except (ValueError, StorageError, OSError) as exc:
+        raise _fail(exc) from None
+    try:
+        try:
+            check_export_target(out, force=force, folder_ok=kind == "hf")  # after the store registered its files
+        except ValueError as exc:
+            raise _fail(exc) from None
         fn = {"v1g": export.export_v1g, "hf": export.export_hf, "traces": export.export_traces,
               "labelstudio": export.export_labelstudio}[kind]
         kw = {k: v for k, v in kw.items() if v is not None}
         try:
             report = fn(store, out, progress=sys.stderr.isatty(), **kw)
-        except ValueError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+        except (ValueError, StorageError) as exc:
+            raise _fail(exc) from None
+        except OSError as exc:  # a full disk, a read-only folder: nothing half-written (atomic_write)
+            raise _fail(exc, 1) from None
     finally:
         store.close()
     for line in report.skipped:
@@ -132,6 +153,8 @@ _TAG = typer.Option(None, "--tag", help="keep traces with this tag (trace or ann
 _ONLY = typer.Option(False, "--only-corrected", help="keep only traces with a corrected or added region")
 _MODEL = typer.Option(None, "--model", help="keep traces of this model_id")
 _DB = typer.Option(None, "--db", help=DB_HELP)
+_FORCE = typer.Option(False, "--force", help="overwrite an existing file that does not look like an export "
+                                             "(never the database itself)")
 
 
 @export_app.command("v1g")
@@ -140,9 +163,9 @@ def export_v1g_cmd(out: Path = typer.Argument(..., help="output .jsonl"), verdic
                    model: Optional[str] = _MODEL,
                    images: str = typer.Option("path",
                                               help="path (files in images/ next to OUT) | embed (base64) | none"),
-                   db: Optional[str] = _DB) -> None:
+                   db: Optional[str] = _DB, force: bool = _FORCE) -> None:
     """v1g JSONL rows (conversation with <objN> keys + region boxes) that v1's training collate reads."""
-    _export("v1g", out, db, verdict=verdict or None, annotator=annotator, tag=tag, only_corrected=only_corrected,
+    _export("v1g", out, db, force, verdict=verdict or None, annotator=annotator, tag=tag, only_corrected=only_corrected,
             model=model, images=images)
 
 
@@ -151,9 +174,9 @@ def export_hf_cmd(out: Path = typer.Argument(..., help="output folder (train-NNN
                   verdict: Optional[List[str]] = _VERDICT, annotator: Optional[str] = _ANNOTATOR,
                   tag: Optional[str] = _TAG, only_corrected: bool = _ONLY, model: Optional[str] = _MODEL,
                   images: str = typer.Option("embed", help="embed (bytes in parquet) | path | none"),
-                  db: Optional[str] = _DB) -> None:
+                  db: Optional[str] = _DB, force: bool = _FORCE) -> None:
     """Hugging Face parquet dataset with v1g's columns (datasets.load_dataset("parquet", …) opens it)."""
-    _export("hf", out, db, verdict=verdict or None, annotator=annotator, tag=tag, only_corrected=only_corrected,
+    _export("hf", out, db, force, verdict=verdict or None, annotator=annotator, tag=tag, only_corrected=only_corrected,
             model=model, images=images)
 
 
@@ -163,9 +186,10 @@ def export_traces_cmd(out: Path = typer.Argument(..., help="output .jsonl"),
                       status: Optional[List[str]] = typer.Option(None, "--status",
                                                                  help="running/complete/failed/cancelled"),
                       images: str = typer.Option("none", help="none | path | embed"),
-                      db: Optional[str] = _DB) -> None:
+                      db: Optional[str] = _DB, force: bool = _FORCE) -> None:
     """Full traces (float16 pointers) with annotation history; `v1studio import` reads them back."""
-    _export("traces", out, db, verdict=verdict or None, tag=tag, model=model, status=status or None, images=images)
+    _export("traces", out, db, force, verdict=verdict or None, tag=tag, model=model, status=status or None,
+            images=images)
 
 
 @export_app.command("labelstudio")
@@ -173,9 +197,9 @@ def export_labelstudio_cmd(out: Path = typer.Argument(..., help="output .json"),
                            verdict: Optional[List[str]] = _VERDICT, annotator: Optional[str] = _ANNOTATOR,
                            tag: Optional[str] = _TAG, only_corrected: bool = _ONLY, model: Optional[str] = _MODEL,
                            images: str = typer.Option("path", help="path | embed (data URIs) | none"),
-                           db: Optional[str] = _DB) -> None:
+                           db: Optional[str] = _DB, force: bool = _FORCE) -> None:
     """Label Studio tasks: model boxes as predictions, current annotation as annotations (percent boxes)."""
-    _export("labelstudio", out, db, verdict=verdict or None, annotator=annotator, tag=tag,
+    _export("labelstudio", out, db, force, verdict=verdict or None, annotator=annotator, tag=tag,
             only_corrected=only_corrected, model=model, images=images)
 
 
@@ -185,19 +209,25 @@ def import_cmd(
     kind: str = typer.Option("auto", help="auto | traces | v1g"),
     model_id: str = typer.Option("v1g-data", help="model_id recorded for imported v1g rows"),
     copy_token_start: int = typer.Option(COPY_TOKEN_START, help="id of <|copy_0|> for v1g rows"),
+    images_root: Optional[Path] = typer.Option(None, "--images-root",
+                                               help="folder image paths in the rows may point into (default: the "
+                                                    "imported file's folder; nothing outside it is read)"),
     db: Optional[str] = _DB,
 ) -> None:
     """Import traces; every bad line is reported with its line number, good lines are imported."""
+    from .errors import StorageError
     from .importer import import_path
 
-    store = _store(db)
+    try:
+        store = _store(db)
+    except (ValueError, StorageError, OSError) as exc:
+        raise _fail(exc) from None
     try:
         try:
             report = import_path(store, source, kind=kind, model_id=model_id, copy_token_start=copy_token_start,
-                                       progress=sys.stderr.isatty())
-        except (FileNotFoundError, ValueError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+                                 progress=sys.stderr.isatty(), images_root=images_root)
+        except (ValueError, StorageError, OSError) as exc:
+            raise _fail(exc) from None
     finally:
         store.close()
     for err in report.errors:

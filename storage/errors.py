@@ -45,8 +45,14 @@ class AnnotationConflict(StorageError):
         )
 
 
+class StoreUnavailable(StorageError):
+    """The database cannot be used any more: its file was deleted or replaced, the server is gone, the database
+    was dropped, or the file is not a database. Nothing was saved; the message says what happened."""
+
+
 class PermissionDenied(StorageError, PermissionError):
     """The annotator's role does not allow this (only reviewers delete or restore traces)."""
 
 
-__all__ = ["AnnotationConflict", "ImageNotFound", "PermissionDenied", "StorageError", "TraceNotFound"]
+__all__ = ["AnnotationConflict", "ImageNotFound", "PermissionDenied", "StorageError", "StoreUnavailable",
+           "TraceNotFound"]

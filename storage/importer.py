@@ -20,6 +20,7 @@ from v1core.copy_tokens import COPY_RE, COPY_TOKEN_START
 from v1core.trace import Step, Trace
 
 from .annotations import AnnotationRecord
+from .files import ImageSource, check_embedded_size
 
 if TYPE_CHECKING:
     from .codec import PreparedTrace
@@ -66,13 +67,16 @@ class _Item:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _image_from_ref(ref: Any, base: Path | None) -> bytes | None:
-    """Bytes of an image cell: {"bytes": b | base64, "path": p}, raw bytes, or a path (relative to `base`)."""
+def _image_from_ref(ref: Any, base: Path | None, source: ImageSource | None = None) -> bytes | None:
+    """Bytes of an image cell: {"bytes": b | base64, "path": p}, raw bytes, or a path (relative to `base`, read
+    only through `source`: confined to its folders, see `storage.files.ImageSource`). Without a `source`, paths are
+    confined to `base`."""
     if ref is None:
         return None
     if isinstance(ref, Mapping):
         b = ref.get("bytes")
         if b:
+            check_embedded_size(len(b))
             if isinstance(b, str):
                 return base64.b64decode(b, validate=True)
             return bytes(b)
@@ -80,17 +84,14 @@ def _image_from_ref(ref: Any, base: Path | None) -> bytes | None:
         if not ref:
             return None
     if isinstance(ref, (bytes, bytearray, memoryview)):
+        check_embedded_size(len(ref))
         return bytes(ref)
     if isinstance(ref, str):
         if "://" in ref or ref.startswith("data:"):
             raise ValueError(f"image {ref[:60]!r} is a URL; only local files are read")
-        p = Path(ref)
-        if base is not None and not p.is_absolute():
-            p = base / p
-        try:
-            return p.read_bytes()
-        except OSError as exc:
-            raise ValueError(f"cannot read image {ref!r}: {exc.strerror or exc}") from None
+        if source is None:
+            source = ImageSource((base.resolve(),)) if base is not None else ImageSource()
+        return source.read(ref, base)
     raise ValueError(f"cannot read an image from a {type(ref).__name__}")
 
 
@@ -151,9 +152,11 @@ def steps_from_text(text: str, copy_token_start: int = COPY_TOKEN_START) -> list
 
 
 def trace_from_v1g(row: Mapping[str, Any], base: Path | None = None, *, model_id: str = V1G_MODEL_ID,
-                   copy_token_start: int = COPY_TOKEN_START) -> tuple[Trace, tuple[bytes, int, int, str] | None]:
+                   copy_token_start: int = COPY_TOKEN_START, images: ImageSource | None = None,
+                   ) -> tuple[Trace, tuple[bytes, int, int, str] | None]:
     """A text-only Trace (source 'imported') from a v1g row; object keys are expanded to region markup with
-    copy ids of every cell the box touches, exactly as v1's training code does. Returns (trace, image)."""
+    copy ids of every cell the box touches, exactly as v1's training code does. An image path is read through
+    `images` (default: confined to `base`). Returns (trace, image)."""
     from v1core.demo.targets import expand_v1g_assistant
     from v1core.geometry import PatchGrid
 
@@ -167,7 +170,7 @@ def trace_from_v1g(row: Mapping[str, Any], base: Path | None = None, *, model_id
         raise ValueError("a v1g row needs a human/user turn and a gpt/assistant turn")
     question = human[0].replace("<image>\n", "", 1).replace("<image>", "", 1).strip()
     image = None
-    data = _image_from_ref(row.get("image"), base)
+    data = _image_from_ref(row.get("image"), base, images)
     if data is not None:
         w, h, fmt = _image_meta(data)
         image = (data, w, h, fmt)
@@ -257,16 +260,22 @@ def _files(path: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- the import
 def import_path(store: "Store", path: str | os.PathLike, *, kind: str = "auto", model_id: str = V1G_MODEL_ID,
-                copy_token_start: int = COPY_TOKEN_START, progress: bool = False) -> "ImportReport":
+                copy_token_start: int = COPY_TOKEN_START, progress: bool = False,
+                images_root: str | os.PathLike | None = None, images: ImageSource | None = None) -> "ImportReport":
     """Import a file or every .jsonl/.parquet file under a folder. `kind`: 'auto' (each JSONL line is detected:
     a full trace has `grid` and `model_id`, a v1g row has `conversations`/`conversation`; parquet is v1g), 'traces'
-    or 'v1g'. Returns an `ImportReport` (per-line errors with line numbers, counts)."""
+    or 'v1g'. Image paths in rows are read only inside the imported folder (the file's folder when `path` is a
+    file), or inside `images_root`, or as `images` allows (`ImageSource.for_upload()` for browser uploads).
+    Returns an `ImportReport` (per-line errors with line numbers, counts)."""
     from tqdm import tqdm
 
     if kind not in ("auto", "traces", "v1g"):
         raise ValueError("kind must be 'auto', 'traces' or 'v1g'")
+    files = _files(Path(path))
+    if images is None:
+        images = ImageSource.beside(path, images_root)
     report = ImportReport()
-    for file in _files(Path(path)):
+    for file in files:
         report.files.append(str(file))
         is_parquet = file.suffix.lower() == ".parquet"
         rows = _iter_parquet(file) if is_parquet else _iter_jsonl(file)
@@ -281,7 +290,7 @@ def import_path(store: "Store", path: str | os.PathLike, *, kind: str = "auto", 
                     continue
                 try:
                     item = _prepare(store, obj, file.parent, kind="v1g" if is_parquet and kind == "auto" else kind,
-                                    model_id=model_id, copy_token_start=copy_token_start)
+                                    model_id=model_id, copy_token_start=copy_token_start, images=images)
                 except Exception as exc:  # noqa: BLE001 - any bad content is that line's error
                     report.errors.append(LineError(str(file), n, _reason(exc)))
                     continue
@@ -305,7 +314,8 @@ def _reason(exc: BaseException) -> str:
     return msg or type(exc).__name__
 
 
-def _prepare(store: "Store", obj: Any, base: Path, *, kind: str, model_id: str, copy_token_start: int) -> _Item:
+def _prepare(store: "Store", obj: Any, base: Path, *, kind: str, model_id: str, copy_token_start: int,
+             images: ImageSource) -> _Item:
     if not isinstance(obj, Mapping):
         raise ValueError(f"a line must be a JSON object, got {type(obj).__name__}")
     if kind == "auto":
@@ -316,7 +326,7 @@ def _prepare(store: "Store", obj: Any, base: Path, *, kind: str, model_id: str, 
     if kind == "traces":
         trace = Trace.from_dict(dict(obj))
         if obj.get("image"):
-            data = _image_from_ref(obj["image"], base)
+            data = _image_from_ref(obj["image"], base, images)
             if data is not None:
                 w, h, fmt = _image_meta(data)
                 if hashlib.sha256(data).hexdigest() != trace.image_sha256:
@@ -329,7 +339,8 @@ def _prepare(store: "Store", obj: Any, base: Path, *, kind: str, model_id: str, 
         if len({r.version for r in records}) != len(records):
             raise ValueError("annotation history has a repeated version number")
     else:
-        trace, image = trace_from_v1g(obj, base, model_id=model_id, copy_token_start=copy_token_start)
+        trace, image = trace_from_v1g(obj, base, model_id=model_id, copy_token_start=copy_token_start,
+                                      images=images)
         records = []
     prepared = store.prepare_trace(trace)
     prepared.annotations = list(records)

@@ -20,15 +20,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from sqlalchemy import Engine, and_, delete, exists, func, or_, select, update
+from sqlalchemy import Engine, and_, delete, exists, false, func, or_, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError as SQLDatabaseError
 from sqlalchemy.orm import Session
 
 from v1core.trace import Step, Trace
 
-from .annotations import ROLES, VERDICTS, Annotation, AnnotationRecord
+from .annotations import ROLES, VERDICTS, Annotation, AnnotationRecord, check_no_nul
 from .codec import STATUSES, PreparedTrace, decode_step, decode_trace, encode_trace, now_iso, step_texts
 from .db import make_engine, resolve_url, upgrade, write_engine
-from .errors import AnnotationConflict, ImageNotFound, PermissionDenied, StorageError, TraceNotFound
+from .errors import AnnotationConflict, ImageNotFound, PermissionDenied, StorageError, StoreUnavailable, TraceNotFound
+from .files import protect_paths, store_files
 from .records import Annotator, ImageInfo, StoredRevisit, TraceSummary
 from .schema import (
     AnnotationRow,
@@ -139,8 +143,18 @@ class Store:
         self.url = resolve_url(url)
         self.engine: Engine = make_engine(self.url, **engine_kwargs)
         self._wengine = write_engine(self.engine)
-        if migrate:
-            upgrade(self.engine)
+        u = make_url(self.url)
+        self.db_file: Path | None = None  # the SQLite file (None: PostgreSQL or in-memory)
+        if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+            self.db_file = Path(u.database).expanduser().resolve()
+            protect_paths(store_files(self.db_file))  # no export may write over the database
+        with self._translate_errors():
+            if migrate:
+                upgrade(self.engine)
+            elif self.db_file is not None:
+                with self.engine.connect():
+                    pass  # creates the file, so its identity can be recorded
+        self._identity = self._file_identity()
 
     # ------------------------------------------------------------------ plumbing
     def close(self) -> None:
@@ -159,15 +173,58 @@ class Store:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    @property
+    def label(self) -> str:
+        """The store's URL for messages, password hidden."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self.db_file is None:
+            return None
+        try:
+            st = os.stat(self.db_file)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def check_file(self) -> None:
+        """Raise `StoreUnavailable` when the SQLite file this store opened was deleted or replaced since (a save
+        would go to an unlinked file and be lost on restart). One `stat` call; a no-op on PostgreSQL."""
+        if self.db_file is None:
+            return
+        now = self._file_identity()
+        if now is None:
+            raise StoreUnavailable(f"the database file {self.db_file} was deleted while the studio was using it; "
+                                   f"nothing more is saved — restore the file or restart the studio")
+        if self._identity is not None and now != self._identity:
+            raise StoreUnavailable(f"the database file {self.db_file} was replaced by another file while the studio "
+                                   f"was using it; nothing more is saved — restart the studio to use the new file")
+
+    @contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        """Driver errors that mean "the database is not usable" (server down, database dropped, not a database
+        file) become one `StoreUnavailable` sentence; other errors pass unchanged."""
+        try:
+            yield
+        except (OperationalError, SQLDatabaseError) as exc:
+            if not isinstance(exc, OperationalError) and "not a database" not in str(exc.orig):
+                raise
+            first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+            raise StoreUnavailable(f"the database {self.label} cannot be used: {first}") from None
+
     @contextmanager
     def _write(self) -> Iterator[Session]:
-        """One write transaction (BEGIN IMMEDIATE on SQLite): commits on success, rolls back on any error."""
-        with Session(self._wengine, expire_on_commit=False) as s, s.begin():
+        """One write transaction (BEGIN IMMEDIATE on SQLite): commits on success, rolls back on any error. The
+        SQLite file's identity is checked before and, inside the transaction, just before the commit, so a save
+        is acknowledged only when it went to the file the store opened."""
+        self.check_file()
+        with self._translate_errors(), Session(self._wengine, expire_on_commit=False) as s, s.begin():
             yield s
+            self.check_file()
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+        with self._translate_errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
             yield s
 
     @contextmanager
@@ -248,7 +305,7 @@ class Store:
         return p.row["id"]
 
     def set_trace_tags(self, trace_id: str, tags: Sequence[str]) -> None:
-        tags = [t.strip() for t in tags if t and t.strip()]
+        tags = [check_no_nul(t, "a tag").strip() for t in tags if t and t.strip()]
         with self._write() as s:
             self._visible_trace(s, trace_id, lock=True)
             s.execute(update(TraceRow).where(TraceRow.id == trace_id).values(tags=list(dict.fromkeys(tags)),
@@ -275,6 +332,8 @@ class Store:
                 raise TraceNotFound(f"no deleted trace {trace_id}")
 
     def _visible_trace(self, s: Session, trace_id: str, lock: bool = False) -> TraceRow:
+        if "\x00" in str(trace_id):  # never stored (NUL is refused on save); PostgreSQL could not even compare it
+            raise TraceNotFound(f"no trace {trace_id!r} in the store")
         q = select(TraceRow).where(TraceRow.id == str(trace_id))
         if lock:
             q = q.with_for_update()
@@ -295,6 +354,8 @@ class Store:
     def get_step(self, trace_id: str, index: int) -> Step:
         """One step with its pointer, reading only the chunk row that holds it (not the whole trace)."""
         with self._read() as s:
+            if "\x00" in str(trace_id):
+                raise TraceNotFound(f"no trace {trace_id!r} in the store")
             t = s.execute(select(TraceRow.steps_per_chunk, TraceRow.n_steps, TraceRow.grid_rows, TraceRow.grid_cols,
                                  TraceRow.has_pointers, TraceRow.deleted_at).where(TraceRow.id == trace_id)).first()
             if t is None or t.deleted_at is not None:
@@ -315,6 +376,19 @@ class Store:
             rows = s.scalars(select(RevisitRow).where(RevisitRow.trace_id == trace_id).order_by(RevisitRow.idx)).all()
             return [StoredRevisit.from_row(r) for r in rows]
 
+    def trace_stamp(self, trace_id: str) -> str | None:
+        """A cheap fingerprint of the trace's stored version (one primary-key read, no steps): it changes whenever
+        the trace is saved again (a live trace growing, finishing, being replaced by an import); None when there is
+        no visible trace of that id. Caches of decoded traces compare it on every use (`app.resources`)."""
+        if "\x00" in str(trace_id):
+            return None
+        with self._read() as s:
+            r = s.execute(select(TraceRow.updated_at, TraceRow.status, TraceRow.n_steps, TraceRow.deleted_at)
+                          .where(TraceRow.id == str(trace_id))).first()
+        if r is None or r.deleted_at is not None:
+            return None
+        return f"{r.updated_at}|{r.status}|{r.n_steps}"
+
     def trace_exists(self, trace_id: str) -> bool:
         with self._read() as s:
             return bool(s.scalar(select(exists().where(TraceRow.id == trace_id, TraceRow.deleted_at.is_(None)))))
@@ -332,6 +406,9 @@ class Store:
                 image_sha256: str | None = None, annotator: str | None = None, has_corrections: bool | None = None,
                 trace_ids: Sequence[str] | None = None, include_deleted: bool = False) -> Any:
         conds = []
+        texts = [v for v in (model, tag, search, source, parent_id, image_sha256, annotator) if isinstance(v, str)]
+        if any("\x00" in v for v in texts) or any("\x00" in str(v) for v in (trace_ids or ())):
+            conds.append(false())  # NUL is never stored, so nothing matches (the same on every backend)
         if not include_deleted:
             conds.append(TraceRow.deleted_at.is_(None))
         st = _as_list(status)
@@ -399,7 +476,7 @@ class Store:
         """Create an annotator or change their role ('annotator' or 'reviewer')."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-        name = (name or "").strip()
+        name = check_no_nul((name or "").strip(), "an annotator name")
         if not name or len(name) > 100:
             raise ValueError("an annotator name must be 1–100 characters")
         with self._write() as s:
