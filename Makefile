@@ -6,7 +6,7 @@ PORT ?= 8501
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test lint install install-test browser-deps bench clean
+.PHONY: run test lint install install-test browser-deps bench clean frontend
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench: install
 	$(BIN)/python bench/branching.py
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/figure.py
+
+# The trace canvas frontend (app/frontend, TypeScript + esbuild). Its bundle is committed, so `make run` needs no
+# Node; after editing app/frontend/src run this and commit app/frontend/dist (a test fails on a stale bundle).
+frontend:
+	cd app/frontend && npm ci --no-audit --no-fund && npm run build
 
 clean:
 	rm -rf $(VENV) data artifacts

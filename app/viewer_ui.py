@@ -1,36 +1,33 @@
 """The trace viewer: step through a decoding with the pointer heatmap over the image.
 
-Layout: trace picker + header (full reruns) and, inside one `st.fragment`, everything that depends on the
-step: step controls, heatmap, step details, revisit list, token strip, timeline. Moving the step reruns
-only that fragment; while playing, the fragment reruns itself every 1/speed seconds (`run_every`).
+The step lives in the browser: the trace canvas (app/canvas.py) changes step, plays, scrubs and draws the
+heatmap, revisit boxes, token strip and timeline with no server round trip. The server renders the trace
+picker, header, revisit list and branches; the canvas runs inside an `st.fragment`, so the step it reports
+(debounced, for the URL `?step=`) and its window requests rerun only that fragment. Re-decoding a revisit
+with another region picks the region on the canvas in edit mode (click / drag / shift-drag).
 
-Widget keys (stable, used by tests): step, prev_step, next_step, play, speed, prev_revisit, next_revisit,
-token_strip, timeline, revisit_<i>, trace_select.
+Widget keys (stable, used by tests): viewer_canvas (the canvas), revisit_<i> (Jump), redecode_remove_<i>,
+redecode_pick_<i>, redecode_replace, redecode_cancel, trace_select.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import numpy as np
 import streamlit as st
 
+from v1core.copy_tokens import copy_token
 from v1core.intervene import BranchEdit
 
 from . import resources, state
-from .figures import HeatmapCanvas, HeatmapStyle, step_title, timeline_figure
-from .safe_text import md_escape, token_markdown
-from .widgets import (PLOTLY_CONFIG, empty_state, heatmap_style_controls, output_markdown, step_details,
-                      trace_header, trace_picker)
+from .canvas import move_canvas, trace_canvas
+from .figures import HeatmapStyle
+from .safe_text import md_escape
+from .widgets import empty_state, heatmap_style_controls, output_markdown, trace_header, trace_picker
 
-PLAY_KEY, SPEED_KEY = "play", "speed"
-TOKEN_STRIP_KEY = "token_strip"
-TIMELINE_KEY = "timeline"
+CANVAS_KEY = "viewer_canvas"
 REGIONS_KEY = "revisit_regions"
-_TICK_KEY = "_play_tick"
-_STOP_PLAY_KEY = "_stop_play"
-SPEEDS = [0.5, 1.0, 2.0, 4.0, 8.0]
+EDIT_KEY = "_viewer_pick_region"  # the revisit whose replacement region is being picked on the canvas
 
 
 def render() -> None:
@@ -66,155 +63,63 @@ def render() -> None:
                  help="draw the regions (one box per connected group of patches) of the revisit at this step, "
                       "of all revisits, or none")
         state.annotator_input(st.sidebar)
-
-    # play / speed live outside the fragment: toggling them reruns the page so `run_every` can change
-    if st.session_state.pop(_STOP_PLAY_KEY, False):
-        st.session_state[PLAY_KEY] = False
-    c_play, c_speed, _ = st.columns([1, 2, 3], vertical_alignment="center")
-    playing = c_play.toggle("▶ Play", key=PLAY_KEY, help="animate the steps")
-    speed = c_speed.select_slider("Speed (steps/s)", SPEEDS, value=st.session_state.get(SPEED_KEY, 2.0), key=SPEED_KEY)
-    if playing:
-        st.session_state.setdefault(_TICK_KEY, 0.0)
-
-    # The layout is built here; the step fragment fills the parts that change with the step (controls,
-    # heatmap, step details, token strip, timeline). The revisit list does not change with the step, so it
-    # stays outside the fragment and a step move does not resend it.
-    controls = st.container()
-    left, right = st.columns([3, 2], gap="medium")
-    with right:
-        details = st.container()
-        revisit_box = st.container()
-    below = st.container()
-    fragment = st.fragment(_step_view, run_every=(1.0 / float(speed)) if playing else None)
-    fragment(trace.trace_id, style, playing, float(speed), (controls, left, details, below))
-    with revisit_box:
-        _revisit_list(resources.trace_revisits(trace.trace_id))
+    if st.session_state.get(EDIT_KEY, (None,))[0] != trace.trace_id:
+        st.session_state.pop(EDIT_KEY, None)
+    pending = state.take_pending_step()
+    if pending is not None:
+        move_canvas(CANVAS_KEY, pending)
+    st.caption("Keys on the canvas: ← / → step · [ / ] previous / next revisit · space play. Click a token or "
+               "the timeline to jump.")
+    st.fragment(_canvas_view)(trace.trace_id, style)
+    if not trace.has_pointers:
+        st.caption("This trace was imported without pointer distributions: only tokens and copies are shown.")
+    _revisit_list(resources.trace_revisits(trace.trace_id))
 
 
-# ----------------------------------------------------------------------------- the step fragment
+# ----------------------------------------------------------------------------- the canvas fragment
 def _go(index: int) -> None:
-    state.request_step(index)
+    move_canvas(CANVAS_KEY, index)
 
 
-def _strip_changed() -> None:
-    value = st.session_state.get(TOKEN_STRIP_KEY)
-    if value is not None:
-        state.request_step(int(value))
-
-
-def _timeline_clicked() -> None:
-    sel = st.session_state.get(TIMELINE_KEY)
-    try:
-        points = sel["selection"]["points"]
-    except (KeyError, TypeError):
-        return
-    if points:
-        x = points[0].get("x")
-        if x is not None:
-            state.request_step(int(round(float(x))))
-
-
-def _revisit_at(revisits: list, index: int) -> int | None:
-    for i, rv in enumerate(revisits):
-        if rv.start_step <= index < rv.end_step:
-            return i
-    return None
-
-
-def _step_view(trace_id: str, style: HeatmapStyle, playing: bool, speed: float, slots: tuple) -> None:
-    controls, left, details, below = slots
+def _canvas_view(trace_id: str, style: HeatmapStyle) -> None:
     trace = resources.load_trace(trace_id)
     if trace is None:
         st.error("The trace disappeared from the store.")
         return
-    n = len(trace.steps)
-    last = n - 1
-    ss = st.session_state
-
-    # --- where are we: a requested jump, an animation tick, or the slider's own value
-    pending = state.take_pending_step()
-    if pending is not None:
-        ss[state.STEP_KEY] = pending
-    elif playing:
-        now = time.monotonic()
-        if now - float(ss.get(_TICK_KEY, 0.0)) >= 0.5 / max(speed, 0.1):
-            ss[_TICK_KEY] = now
-            cur = int(ss.get(state.STEP_KEY, 0) or 0)
-            if cur >= last:  # at the end: stop (the full rerun turns the Play toggle off before drawing it)
-                ss[_STOP_PLAY_KEY] = True
-                st.rerun(scope="app")
-            ss[state.STEP_KEY] = cur + 1
-    index = int(min(max(int(ss.get(state.STEP_KEY, 0) or 0), 0), last))
-    ss[state.STEP_KEY] = index
-    ss[TOKEN_STRIP_KEY] = index
-    step = trace.steps[index]
     revisits = resources.trace_revisits(trace_id)
-    current_rv = _revisit_at(revisits, index)
-    prev_rv = next((i for i in range(len(revisits) - 1, -1, -1) if revisits[i].start_step < index
-                    and i != current_rv), None)
-    next_rv = next((i for i, rv in enumerate(revisits) if rv.start_step > index), None)
+    editing = st.session_state.get(EDIT_KEY)
+    pick = editing[1] if editing and editing[1] < len(revisits) else None
+    panel = st.container()
+    result = trace_canvas(trace, revisits, resources.image_uri(trace.image_sha256), key=CANVAS_KEY, style=style,
+                          regions=st.session_state.get(REGIONS_KEY, "current"), edit=pick is not None,
+                          selected=sorted(set(revisits[pick].patches)) if pick is not None else (), sync_url=True)
+    st.session_state[state.STEP_KEY] = result.step
+    state.sync_url(trace_id, result.step)
+    if pick is not None:
+        with panel.container(border=True):
+            _pick_panel(trace, pick, result.selection)
 
-    # --- controls
-    c = controls.columns([1, 8, 1, 2, 2], vertical_alignment="bottom")
-    c[0].button("", key="prev_step", icon=":material/chevron_left:", help="previous step", on_click=_go,
-                args=(max(index - 1, 0),), disabled=index == 0, width="stretch")
-    if last > 0:
-        c[1].slider("Step", 0, last, key=state.STEP_KEY)
+
+def _pick_panel(trace: Any, i: int, selection: Any) -> None:
+    """Edit mode: the replacement region for revisit `i`, picked on the canvas; Re-decode runs the branch."""
+    st.markdown(f"**Re-decode R{i + 1} with another region** · on the image: click a patch to toggle it, drag "
+                "a box to add cells, shift-drag to remove them")
+    patches = list(selection.patches) if selection is not None else sorted(set(resources.trace_revisits(
+        trace.trace_id)[i].patches))
+    if patches:
+        text = selection.box_text if selection is not None else ""
+        st.caption(f"{len(patches)} patch{'es' if len(patches) != 1 else ''}" + (f" · box {text}" if text else ""))
+        st.code("".join(copy_token(k) for k in patches[:400]) + (" …" if len(patches) > 400 else ""), language=None)
     else:
-        c[1].caption("Step 0 (the only step)")
-    c[2].button("", key="next_step", icon=":material/chevron_right:", help="next step", on_click=_go,
-                args=(min(index + 1, last),), disabled=index >= last, width="stretch")
-    c[3].button("Revisit", key="prev_revisit", icon=":material/skip_previous:", width="stretch",
-                on_click=_go, args=(revisits[prev_rv].start_step if prev_rv is not None else index,),
-                disabled=prev_rv is None)
-    c[4].button("Revisit", key="next_revisit", icon=":material/skip_next:", width="stretch",
-                on_click=_go, args=(revisits[next_rv].start_step if next_rv is not None else index,),
-                disabled=next_rv is None)
-
-    # --- heatmap + details
-    mode = ss.get(REGIONS_KEY, "current")
-    boxes: list = []
-    label = "R"
-    if mode == "current" and current_rv is not None:
-        boxes, label = list(revisits[current_rv].boxes), f"R{current_rv + 1}·"
-    elif mode == "all":
-        boxes = [b for rv in revisits for b in rv.boxes]
-    with left:
-        uri = resources.image_uri(trace.image_sha256)
-        if uri is None:
-            st.warning("The image of this trace is not in the store; showing the pointer on a blank grid.")
-        canvas = HeatmapCanvas(tuple(trace.image_size), tuple(trace.grid), uri, style)
-        fig = canvas.figure(step.pointer, copied_patch=step.patch if step.is_copy else None,
-                            region_boxes=boxes, region_label=label, title=step_title(step),
-                            meta={"step": index, "trace": trace_id})
-        st.plotly_chart(fig, key="heatmap", theme=None, config=PLOTLY_CONFIG, width="stretch")
-        if step.pointer is None:
-            st.caption("This trace was imported without pointer distributions: only tokens and copies are shown.")
-    with details:
-        step_details(step, trace.n_patches)
-        if current_rv is not None:
-            rv = revisits[current_rv]
-            query = f' · detect(query="{rv.query}")' if rv.query is not None else ""
-            st.caption(f"Inside revisit **R{current_rv + 1}** ({_steps_label(rv)}){md_escape(query)}")
-
-    # --- token strip
-    below.markdown("**Tokens** · click one to jump to its step; blue :material/my_location: chips are copies "
-                   "(the patch id)")
-    with below.container(height=180, border=True):
-        st.pills("Tokens", list(range(n)), key=TOKEN_STRIP_KEY, label_visibility="collapsed",
-                 format_func=lambda i: token_markdown(trace.steps[i].text, is_copy=trace.steps[i].is_copy,
-                                                      patch=trace.steps[i].patch),
-                 on_change=_strip_changed)
-
-    # --- timeline
-    tl = timeline_figure(
-        [s.p_copy for s in trace.steps], [s.entropy for s in trace.steps],
-        is_copy=[s.is_copy for s in trace.steps], revisits=[(rv.start_step, rv.end_step) for rv in revisits],
-        current=index, max_entropy=float(np.log(max(trace.n_patches, 2))),
-    )
-    below.plotly_chart(tl, key=TIMELINE_KEY, theme=None, on_select=_timeline_clicked, selection_mode="points",
-                       config={"displaylogo": False, "displayModeBar": False}, width="stretch")
-    state.sync_url(trace_id, index)
+        st.caption("No patch selected yet.")
+    c = st.columns(2)
+    if c[0].button("Re-decode with this region", key="redecode_replace", disabled=not patches, type="primary"):
+        st.session_state.pop(EDIT_KEY, None)
+        _run_branch(trace, BranchEdit("replace", revisit=i, patches=[int(p) for p in patches]))
+        st.rerun(scope="app")
+    if c[1].button("Cancel", key="redecode_cancel"):
+        st.session_state.pop(EDIT_KEY, None)
+        st.rerun(scope="app")
 
 
 def _steps_label(rv: Any) -> str:
@@ -246,7 +151,7 @@ def _revisit_list(revisits: list) -> None:
 
 
 def _redecode_controls(i: int, rv: Any) -> None:
-    """"Had it looked elsewhere…": re-decode from this revisit without it, or with another region."""
+    """"Had it looked elsewhere…": re-decode from this revisit without it, or with a region picked on the canvas."""
     trace = resources.load_trace(state.selected_trace_id())
     if trace is None or not trace.has_pointers:
         return
@@ -254,11 +159,11 @@ def _redecode_controls(i: int, rv: Any) -> None:
     if cols[0].button("Re-decode without", key=f"redecode_remove_{i}", width="stretch",
                       help="skip this revisit (ablation) and let the model continue"):
         _run_branch(trace, BranchEdit("remove", revisit=i))
-    with cols[1].popover("Re-decode with region…", width="stretch"):
-        picked = st.multiselect("patches (merged-patch ids, row-major)", list(range(trace.n_patches)),
-                                default=sorted(set(rv.patches)), key=f"redecode_patches_{i}")
-        if st.button("Re-decode", key=f"redecode_replace_{i}", disabled=not picked):
-            _run_branch(trace, BranchEdit("replace", revisit=i, patches=[int(p) for p in picked]))
+    if cols[1].button("Re-decode with region…", key=f"redecode_pick_{i}", width="stretch",
+                      help="pick the replacement region on the image (edit mode), then re-decode"):
+        st.session_state[EDIT_KEY] = (trace.trace_id, i)
+        move_canvas(CANVAS_KEY, rv.start_step)
+        st.rerun()
 
 
 def _run_branch(trace: Any, edit: Any) -> None:

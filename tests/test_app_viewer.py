@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import json
-import time
 
+import numpy as np
 import pytest
 
 from tests.app_helpers import app_test, no_exceptions
 from tests.builders import build_synthetic_trace
 
 
-def heatmap_meta(at) -> dict:
-    """layout.meta of the viewer's heatmap (the first plotly chart on the page)."""
-    charts = at.get("plotly_chart")
-    assert charts, "no plotly chart rendered"
-    return json.loads(charts[0].proto.spec)["layout"]["meta"]
+def canvas(at) -> dict:
+    """The data the viewer's trace canvas (a Custom Components v2 element) received in the last run."""
+    els = [e for e in at.get("bidi_component") if e.proto.component_name == "v1studio.trace_canvas"]
+    assert els, "no trace canvas rendered"
+    return json.loads(els[0].proto.json)
 
 
-def step_of(at) -> int:
-    return int(at.slider(key="step").value)
+def report_step(at, step: int) -> None:
+    """What the browser does when its step settles: set the canvas's `step` state value."""
+    at.session_state["viewer_canvas"] = {"step": step}
 
 
 def open_viewer(trace=None, step=None):
@@ -38,51 +40,47 @@ def test_empty_state(app_env):
     assert any("No traces yet" in i.value for i in at.info)
 
 
-def test_opens_latest_trace_and_moves_step(synthetic_trace):
+def test_opens_latest_trace_with_its_pointers_once(synthetic_trace):
+    from app.canvas_data import dequantise_pointers
+
     at = open_viewer()
     assert at.title[0].value == "Trace viewer"
-    assert step_of(at) == 0 and heatmap_meta(at)["step"] == 0
-    at.slider(key="step").set_value(3).run()
+    data = canvas(at)
+    t = synthetic_trace
+    assert data["trace_id"] == t.trace_id and data["view"]["goto"] == 0
+    st_ = data["static"]
+    assert st_["n_steps"] == len(t.steps) and st_["grid"] == list(t.grid)
+    assert st_["image"].startswith("data:image/jpeg;base64,")
+    assert st_["copy"] == [s.patch if s.is_copy else -1 for s in t.steps]
+    # a small trace is one window: every step's pointer arrived with the first render
+    (win,) = data["windows"]
+    assert (win["start"], win["stop"]) == (0, len(t.steps))
+    q = np.frombuffer(base64.b64decode(win["q"]), dtype=np.uint8).reshape(len(t.steps), -1)
+    shown = dequantise_pointers(q, np.asarray(win["pmax"]))
+    exact = np.stack([s.pointer.reshape(-1) for s in t.steps])
+    assert np.argmax(shown, axis=1).tolist() == np.argmax(exact, axis=1).tolist()
+    # a rerun (the step reported back) sends neither the photo nor the pointers again
+    report_step(at, 3)
+    at.run()
     no_exceptions(at)
-    assert heatmap_meta(at) == {"step": 3, "trace": synthetic_trace.trace_id}
-    assert any(m.value.startswith("**Step 3**") for m in at.markdown)
-    at.button(key="next_step").click().run()
-    assert step_of(at) == 4 and heatmap_meta(at)["step"] == 4
-    at.button(key="prev_step").click().run()
-    assert step_of(at) == 3
-    assert at.query_params["trace"] in ([synthetic_trace.trace_id], synthetic_trace.trace_id)
+    again = canvas(at)
+    assert again["static"] is None and again["windows"] == [] and again["view"]["nonce"] == data["view"]["nonce"]
+    assert at.query_params["step"] in (["3"], "3")
 
 
-def test_revisit_navigation_and_list(synthetic_trace):
+def test_revisit_jump_and_list(synthetic_trace):
     revisits = synthetic_trace.revisits
     assert [(r.start_step, r.end_step) for r in revisits] == [(5, 8), (15, 16)]
-    assert len(revisits[0].boxes) == 2  # two separate regions
     at = open_viewer()
-    assert at.button(key="prev_revisit").disabled
-    at.button(key="next_revisit").click().run()
-    assert step_of(at) == 5
-    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
-    labels = [s.get("label", {}).get("text") for s in spec["layout"]["shapes"]]
-    assert "R1·1" in labels and "R1·2" in labels  # the revisit's regions as separate boxes
-    at.button(key="next_revisit").click().run()
-    assert step_of(at) == 15
-    assert at.button(key="next_revisit").disabled
-    at.button(key="prev_revisit").click().run()
-    assert step_of(at) == 5
+    boxes = canvas(at)["static"]["revisits"]
+    assert [b["label"] for b in boxes[0]["boxes"]] == ["R1·1", "R1·2"]  # two separate regions
+    assert [b["label"] for b in boxes[1]["boxes"]] == ["R2"]
+    nonce = canvas(at)["view"]["nonce"]
     at.button(key="revisit_1").click().run()  # the list's "Jump" of R2
-    assert step_of(at) == 15
+    view = canvas(at)["view"]
+    assert view["goto"] == 15 and view["nonce"] > nonce
     captions = [c.value for c in at.caption]
     assert any("detect" in c and "query" in c for c in captions)
-
-
-def test_token_strip_and_timeline_jump(synthetic_trace):
-    at = open_viewer()
-    strip = at.pills(key="token_strip")
-    assert len(strip.options) == len(synthetic_trace.steps)
-    strip.set_value(12).run()
-    no_exceptions(at)
-    assert step_of(at) == 12 and heatmap_meta(at)["step"] == 12
-    assert at.pills(key="token_strip").value == 12
 
 
 def test_deep_link_opens_trace_and_step(app_env):
@@ -90,47 +88,30 @@ def test_deep_link_opens_trace_and_step(app_env):
     build_synthetic_trace(app_env, key="scene-1", question="Another?")  # newer: would be the default
     at = open_viewer(first, step=7)
     assert at.selectbox(key="trace_select").value == first.trace_id
-    assert step_of(at) == 7 and heatmap_meta(at) == {"step": 7, "trace": first.trace_id}
+    data = canvas(at)
+    assert data["trace_id"] == first.trace_id and data["view"]["goto"] == 7
 
 
-def test_play_advances_and_stops_at_the_end(synthetic_trace):
-    at = open_viewer()
-    at.select_slider(key="speed").set_value(8.0)
-    at.toggle(key="play").set_value(True).run()
-    no_exceptions(at)
-    assert step_of(at) == 1
-    time.sleep(0.1)
-    at.run()
-    assert step_of(at) == 2
-    last = len(synthetic_trace.steps) - 1
-    at.slider(key="step").set_value(last).run()
-    time.sleep(0.1)
-    at.run()  # tick at the last step: playback stops
-    no_exceptions(at)
-    assert at.toggle(key="play").value is False
-    assert step_of(at) == last
-
-
-def test_switching_trace_resets_step(app_env):
+def test_switching_trace_resets_step_and_sends_the_new_trace(app_env):
     a = build_synthetic_trace(app_env)
     b = build_synthetic_trace(app_env, key="scene-1", question="Second?")
     at = open_viewer(a, step=9)
     at.selectbox(key="trace_select").set_value(b.trace_id).run()
     no_exceptions(at)
-    assert heatmap_meta(at) == {"step": 0, "trace": b.trace_id}
+    data = canvas(at)
+    assert data["trace_id"] == b.trace_id and data["view"]["goto"] == 0 and data["static"] is not None
+    assert at.selectbox(key="trace_select").value == b.trace_id
 
 
 def test_untrusted_text_is_never_html_or_markdown(synthetic_trace):
     at = open_viewer()
-    at.button(key="next_revisit").click().run()
     for el in list(at.markdown) + list(at.caption):
         assert not el.proto.allow_html
         assert "![x](" not in el.value and "<script>" not in el.value and ":red[alert]" not in el.value
         assert "<b>square</b>" not in el.value
     assert any("detect" in c.value and "\\!\\[x\\]" in c.value for c in at.caption)
-    # token texts shown in code blocks / tables stay verbatim (they are not interpreted there)
-    at.slider(key="step").set_value(12).run()
-    assert any("<script>alert(1)</script>" in c.value for c in at.code)
+    # token texts reach the canvas as plain strings (it sets them as text, never as HTML)
+    assert " <script>alert(1)</script>" in canvas(at)["static"]["tokens"]
 
 
 def test_missing_trace_id_is_reported(app_env):
@@ -144,14 +125,18 @@ def test_missing_trace_id_is_reported(app_env):
 
 @pytest.mark.parametrize("scale", ["linear", "log"])
 def test_display_settings(synthetic_trace, scale):
+    from app.canvas_data import colour_lut
+
     at = open_viewer()
     at.radio(key="scale").set_value(scale)
     at.selectbox(key="colorscale").set_value("Viridis")
     at.slider(key="opacity").set_value(0.3).run()
     no_exceptions(at)
-    heat = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
-    assert heat["opacity"] == pytest.approx(0.3)
-    assert (heat["zmax"] <= 0) == (scale == "log")
+    view = canvas(at)["view"]
+    assert view["opacity"] == pytest.approx(0.3)
+    assert view["lut"] == colour_lut("Viridis", log=scale == "log")
+    at.radio(key="revisit_regions").set_value("all").run()
+    assert canvas(at)["view"]["regions"] == "all"
 
 
 def test_trace_without_pointers_still_steps(app_env):
@@ -162,22 +147,32 @@ def test_trace_without_pointers_still_steps(app_env):
     t.trace_id = "imported-no-pointers"
     app_env.save_trace(t)
     at = open_viewer(t, step=6)
-    assert step_of(at) == 6 and heatmap_meta(at)["step"] == 6
+    data = canvas(at)
+    assert data["view"]["goto"] == 6 and data["static"]["has_pointers"] is False and data["windows"] == []
+    assert data["static"]["p_copy"][0] is None  # NaN travels as null
     assert any("without pointer distributions" in c.value for c in at.caption)
-    at.button(key="next_revisit").click().run()
-    no_exceptions(at)
-    assert step_of(at) == 15
 
 
-def test_picking_another_trace_in_the_selectbox_sticks(app_env):
-    a = build_synthetic_trace(app_env)
-    b = build_synthetic_trace(app_env, key="scene-1", question="Second?")
-    at = open_viewer(a)
-    at.selectbox(key="trace_select").set_value(b.trace_id).run()
-    at.slider(key="step").set_value(4).run()
+def test_redecode_region_is_picked_on_the_canvas(synthetic_trace):
+    at = open_viewer()
+    assert not canvas(at)["view"]["edit"]
+    assert not at.get("multiselect")  # no per-patch widget list
+    at.button(key="redecode_pick_0").click().run()
     no_exceptions(at)
-    assert at.selectbox(key="trace_select").value == b.trace_id
-    assert heatmap_meta(at) == {"step": 4, "trace": b.trace_id}
+    view = canvas(at)["view"]
+    assert view["edit"] and view["selected"] == sorted(set(synthetic_trace.revisits[0].patches))
+    assert view["goto"] == synthetic_trace.revisits[0].start_step
+    # the browser reports a new selection: the panel shows its copy ids and box text (v1core.geometry)
+    at.session_state["viewer_canvas"] = {"step": 5, "selection": {"ids": [0, 1, "x", -4], "box": "ignored"}}
+    at.run()
+    no_exceptions(at)
+    from v1core.geometry import PatchGrid
+
+    grid = PatchGrid.from_resized(synthetic_trace.image_size, synthetic_trace.resized_size)
+    assert any("<|copy_0|><|copy_1|>" == c.value for c in at.code)
+    assert any(grid.region_text(grid.patches_to_box([0, 1])) in c.value for c in at.caption)
+    at.button(key="redecode_cancel").click().run()
+    assert not canvas(at)["view"]["edit"]
 
 
 def test_redecode_with_another_region_stores_a_branch_and_reports_the_answer_diff(tmp_path, monkeypatch):

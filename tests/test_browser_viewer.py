@@ -1,7 +1,8 @@
 """Real browser: start `streamlit run`, drive Debian chromium with Playwright.
 
 Runs a question live (and stops another run), plays the animation, jumps to a revisit, opens Compare,
-measures the time from a step change to the updated heatmap (target ≤ 500 ms) and saves screenshots under
+measures the time from a step change to the updated heatmap on the trace canvas (target ≤ 50 ms: the step
+changes in the browser, with no server round trip) and saves screenshots under
 artifacts/screenshots/ (git-ignored) plus the latency numbers in artifacts/benchmarks/browser_step.json.
 """
 
@@ -17,7 +18,7 @@ import pytest
 from tests.app_helpers import CHROMIUM, ROOT, button, shot, wait_idle
 
 BENCH = ROOT / "artifacts" / "benchmarks"
-STEP_TARGET_MS = 500.0
+STEP_TARGET_MS = 50.0
 
 pytestmark = [
     pytest.mark.browser,
@@ -27,9 +28,10 @@ pytestmark = [
 ]
 
 
+# the canvas marks the step whose heatmap it has drawn (data-heat; -1 while that step's pointers load)
 HEATMAP_STEP_JS = """() => {
-  const gd = document.querySelector('.st-key-heatmap .js-plotly-plot');
-  return gd && gd._fullLayout && gd._fullLayout.meta ? gd._fullLayout.meta.step : null;
+  const root = document.querySelector('.st-key-viewer_canvas .v1c-root');
+  return root && root.dataset.heat !== undefined ? Number(root.dataset.heat) : null;
 }"""
 
 
@@ -39,6 +41,11 @@ def heatmap_step(pg) -> int | None:
 
 def wait_heatmap_step(pg, step: int, timeout: float = 30_000) -> None:
     pg.wait_for_function(f"() => ({HEATMAP_STEP_JS})() === {int(step)}", timeout=timeout, polling="raf")
+
+
+def control(pg, role: str):
+    """A control of the viewer's trace canvas (prev, next, play, prev_revisit, next_revisit, slider)."""
+    return pg.locator(f".st-key-viewer_canvas [data-role={role}]")
 
 
 def open_settings(pg, max_new: int, sampling: bool) -> None:
@@ -74,7 +81,6 @@ def test_run_play_revisit_compare_and_latency(server, page):
     new = [r for r in store.list_traces(limit=100) if r.trace_id not in before]
     assert len(new) == 1 and new[0].status == "complete"
     run_trace = store.get_trace(new[0].trace_id)
-    pg.wait_for_selector(".st-key-heatmap .js-plotly-plot")
     wait_heatmap_step(pg, 0)
     wait_idle(pg)
     body = pg.inner_text("body")
@@ -82,25 +88,24 @@ def test_run_play_revisit_compare_and_latency(server, page):
     assert pg.locator("b:text('star')").count() == 0
     shot(pg, "03_viewer_after_run.png")
 
-    # 2. step-change latency: click "next step", time until the heatmap shows the new step
+    # 2. step-change latency: click "next step", time until the canvas has drawn the new step
     latencies = []
     for _ in range(8):
         current = heatmap_step(pg)
         if current >= len(run_trace.steps) - 1:
             break
         t0 = time.perf_counter()
-        button(pg, "next_step").click()
+        control(pg, "next").click()
         wait_heatmap_step(pg, current + 1)
         latencies.append((time.perf_counter() - t0) * 1e3)
         wait_idle(pg, settle=0.2)
-    # and by clicking a token in the token strip (another path to the same fragment rerun)
-    pills = pg.locator(".st-key-token_strip button:visible")
+    # and by clicking a token in the (virtualised) token strip
     for _ in range(4):
         current = heatmap_step(pg)
         if current + 2 > len(run_trace.steps) - 1:
             break
         t0 = time.perf_counter()
-        pills.nth(current + 2).click()
+        pg.locator(f".st-key-viewer_canvas .v1c-chip[data-i='{current + 2}']").click()
         wait_heatmap_step(pg, current + 2)
         latencies.append((time.perf_counter() - t0) * 1e3)
         wait_idle(pg, settle=0.2)
@@ -112,16 +117,16 @@ def test_run_play_revisit_compare_and_latency(server, page):
     (BENCH / "browser_step.json").write_text(json.dumps(result, indent=2))
     print(f"\nbrowser step change → heatmap updated: median {median:.0f} ms, max {max(latencies):.0f} ms over "
           f"{len(latencies)} changes; target {STEP_TARGET_MS:.0f} ms, ratio {median / STEP_TARGET_MS:.2f}")
-    assert median < 4 * STEP_TARGET_MS  # a hard ceiling; the target itself is reported, not asserted
+    assert median < 500  # a hard ceiling (the old server-rendered viewer's target); the target is reported
 
     # 3. play the animation
     start = heatmap_step(pg)
-    pg.locator(".st-key-speed").wait_for()
-    pg.locator(".st-key-play label").click()
-    time.sleep(2.6)
+    control(pg, "play").click()
+    time.sleep(1.0)
     shot(pg, "04_viewer_playing.png")
     playing_at = heatmap_step(pg)
-    pg.locator(".st-key-play label").click()
+    if playing_at < len(run_trace.steps) - 1:
+        control(pg, "play").click()
     wait_idle(pg)
     assert playing_at >= start + 2 or playing_at == len(run_trace.steps) - 1, (start, playing_at)
 
@@ -129,21 +134,19 @@ def test_run_play_revisit_compare_and_latency(server, page):
     target = run_trace if run_trace.revisits else server["synthetic"]
     if target is not run_trace:
         pg.goto(f"{server['url']}/?trace={target.trace_id}&step=0")  # the default page lives at /
-        pg.wait_for_selector(".st-key-heatmap .js-plotly-plot")
         wait_heatmap_step(pg, 0)
     else:
-        pg.locator(".st-key-token_strip button:visible").first.click()
+        pg.locator(".st-key-viewer_canvas .v1c-chip[data-i='0']").click()
         wait_heatmap_step(pg, 0)
     wait_idle(pg)
     assert pg.locator("text=Page not found").count() == 0
     first = next(rv.start_step for rv in target.revisits if rv.start_step > 0) if any(
         rv.start_step > 0 for rv in target.revisits) else target.revisits[0].start_step
-    button(pg, "next_revisit").click()
+    control(pg, "next_revisit").click()
     wait_heatmap_step(pg, first)
+    assert pg.locator(".st-key-viewer_canvas .v1c-rvcap").inner_text().startswith("Inside revisit R")
+    pg.wait_for_url(lambda u: f"step={first}" in u, timeout=10_000)
     wait_idle(pg)
-    shapes = pg.evaluate("() => document.querySelector('.st-key-heatmap .js-plotly-plot')._fullLayout.shapes.length")
-    assert shapes >= 1
-    assert f"step={first}" in pg.url
     shot(pg, "05_viewer_revisit.png")
 
     # 5. compare two steps of this trace
