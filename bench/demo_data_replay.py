@@ -20,9 +20,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from v1core.demo.train_demo import (
-    Auxiliaries, CellProbes, FactWordLoss, FirstCopyLoss, demo_examples, fact_trigger_ids, new_demo_model,
-)
+from v1core.demo.data import demo_examples
+from v1core.demo.losses import Auxiliaries, CellProbes, FactWordLoss, FirstCopyLoss, fact_trigger_ids
+from v1core.demo.model import new_demo_model
 from v1core.training import collate, linear_patch_embedding
 
 

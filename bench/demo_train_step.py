@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from v1core.demo.scenes import make_scene
-from v1core.demo.train_demo import new_demo_model, scene_example
+from v1core.demo.data import scene_example
+from v1core.demo.model import new_demo_model
 from v1core.training import collate, linear_patch_embedding
 
 

@@ -21,20 +21,20 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from v1core.demo import train_demo
+from v1core.demo import data, model as demo_model
 from v1core.training import collate, linear_patch_embedding
 
 THREE_BLOCKS = dict(depth=3, fullatt_block_indexes=[2])  # the tower before 2026-11-29
 
 
 def build(vision_overrides: dict) -> torch.nn.Module:
-    saved = dict(train_demo.DEMO_VISION)
-    train_demo.DEMO_VISION.update(vision_overrides)
+    saved = dict(demo_model.DEMO_VISION)
+    demo_model.DEMO_VISION.update(vision_overrides)
     try:
-        model, _ = train_demo.new_demo_model(seed=0)
+        model, _ = demo_model.new_demo_model(seed=0)
     finally:
-        train_demo.DEMO_VISION.clear()
-        train_demo.DEMO_VISION.update(saved)
+        demo_model.DEMO_VISION.clear()
+        demo_model.DEMO_VISION.update(saved)
     return model.train()
 
 
@@ -43,8 +43,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
     models = {"three_blocks": build(THREE_BLOCKS), "four_blocks": build({})}
-    _, proc = train_demo.new_demo_model(seed=0)
-    stream = train_demo.demo_examples(proc, 8, replay=1, replay_pool=8)
+    _, proc = demo_model.new_demo_model(seed=0)
+    stream = data.demo_examples(proc, 8, replay=1, replay_pool=8)
     batches = [collate([next(stream) for _ in range(8)], proc.tokenizer.pad_token_id) for _ in range(args.steps + 1)]
     times: dict[str, list[float]] = {k: [] for k in models}
     for i, batch in enumerate(batches):

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from v1core.demo.scenes import eval_seeds, make_scene
-from v1core.demo.train_demo import _answer_of
+from v1core.demo.evaluation import answer_of
 from v1core.generation import TraceRun
 from v1core.intervene import BranchEdit, BranchRun, PromptState
 from v1core.loading import load_model
@@ -32,7 +32,7 @@ def measure(n: int = 60, start: int = 200_000) -> dict:
     for seed in eval_seeds(n, start=start):
         scene = make_scene(seed)
         trace = TraceRun(model, proc, scene.image, scene.question, settings).run()
-        ok = _answer_of(trace.output_text) == scene.answer.lower()
+        ok = answer_of(trace.output_text) == scene.answer.lower()
         res["acc"] += ok
         if not trace.revisits:
             res["acc_removed"] += ok
@@ -41,7 +41,7 @@ def measure(n: int = 60, start: int = 200_000) -> dict:
         target = grid.bbox_to_patches(scene.target_objects[0].box)
         state = PromptState(model, proc, scene.image, trace)
         removed = BranchRun(model, proc, scene.image, trace, BranchEdit("remove", revisit=0), state=state).run()
-        res["acc_removed"] += _answer_of(removed.output_text) == scene.answer.lower()
+        res["acc_removed"] += answer_of(removed.output_text) == scene.answer.lower()
         attribute = scene.kind if scene.kind in ("colour", "shape") else None
         others = [o for i, o in enumerate(scene.objects)
                   if attribute and i not in scene.targets and getattr(o, attribute) != scene.answer]
@@ -50,14 +50,14 @@ def measure(n: int = 60, start: int = 200_000) -> dict:
             edit = BranchEdit("replace", revisit=0, patches=grid.bbox_to_patches(other.box))
             moved = BranchRun(model, proc, scene.image, trace, edit, state=state).run()
             res["redirected"] += 1
-            res["answer_followed"] += _answer_of(moved.output_text) == getattr(other, attribute)
+            res["answer_followed"] += answer_of(moved.output_text) == getattr(other, attribute)
         rv = trace.revisits[0]
         inside = sum(p in target for p in rv.patches) / max(1, len(rv.patches))
         if inside < 0.5:
             res["wrong_pointer"] += 1
             fixed = BranchRun(model, proc, scene.image, trace, BranchEdit("replace", revisit=0, patches=target),
                               state=state).run()
-            right = _answer_of(fixed.output_text) == scene.answer.lower()
+            right = answer_of(fixed.output_text) == scene.answer.lower()
             res["fixed_by_replace"] += right
             if not ok:
                 res["wrong_pointer_and_wrong_answer"] += 1

@@ -165,7 +165,7 @@ def test_annotate_correct_conflict_resolve_review_export(server, browser, tmp_pa
     (row,) = [r for r in rows if r["id"] == tid]
     assert row["annotator"] == "bo" and row["annotation_version"] == 3 and row["verdict"] == "incorrect"
     from v1core.demo.targets import expand_v1g_row
-    from v1core.demo.train_demo import read_v1g_rows
+    from v1core.demo.finetune import read_v1g_rows
     from v1core.geometry import PatchGrid
 
     grid = PatchGrid.from_resized(tuple(trace.image_size), tuple(trace.resized_size))

@@ -29,7 +29,7 @@ def _first_copy_mass(model, processor, example, patches) -> float:
 def test_finetuning_on_corrected_regions_moves_the_pointer_toward_them(tmp_path):
     from v1core.demo.scenes import eval_seeds, make_scene
     from v1core.demo.targets import target_v1g_row
-    from v1core.demo.train_demo import finetune_from_export, read_v1g_rows, v1g_examples
+    from v1core.demo.finetune import finetune_from_export, read_v1g_rows, v1g_examples
 
     rows, corrected = [], []
     for seed in eval_seeds(40, start=400_000):

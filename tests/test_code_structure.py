@@ -19,19 +19,11 @@ PACKAGES = ("app", "pages", "storage", "v1core", "tests", "bench")
 STORAGE_MODULES = sorted(p.stem for p in (ROOT / "storage").glob("*.py") if p.stem != "__init__")
 
 # Private names that a module may still use from another one. Each entry: (user file, owning module, name).
-ALLOWED_PRIVATE = {
-    # v1g rows are read with v1core.demo's helpers until the v1g format has its own module; then these go.
-    ("v1core/batch.py", "v1core.demo.train_demo", "_to_sharegpt"),
-    # v1core/demo/train_demo.py is being split into recipe / losses / evaluation modules; its evaluation
-    # helpers become public there and these uses move with them.
-    ("bench/intervention_evidence.py", "v1core.demo.train_demo", "_answer_of"),
-    ("tests/test_demo_model.py", "v1core.demo.train_demo", "_first_copies_on_objects"),
-    ("tests/test_demo_model.py", "v1core.demo.train_demo", "_object_means"),
-}
+ALLOWED_PRIVATE: set[tuple[str, str, str]] = set()
 
 
 def _sources() -> list[Path]:
-    files = [ROOT / "streamlit_app.py"]
+    files: list[Path] = []
     for pkg in PACKAGES:
         files += [p for p in sorted((ROOT / pkg).rglob("*.py")) if "migrations" not in p.parts]
     return files

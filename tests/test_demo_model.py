@@ -12,7 +12,8 @@ needs_ckpt = pytest.mark.skipif(not (DEMO_CHECKPOINT / "config.json").exists(), 
 
 def test_training_loop_learns_on_a_small_config():
     from v1core.demo.scenes import make_scene
-    from v1core.demo.train_demo import new_demo_model, scene_example
+    from v1core.demo.data import scene_example
+    from v1core.demo.model import new_demo_model
     from v1core.training import TrainConfig, cycle, train
 
     model, proc = new_demo_model(seed=0)
@@ -24,7 +25,8 @@ def test_training_loop_learns_on_a_small_config():
 
 def test_linear_patch_embedding_is_the_conv_it_replaces_and_is_undone():
     from v1core.demo.scenes import make_scene
-    from v1core.demo.train_demo import new_demo_model, scene_example
+    from v1core.demo.data import scene_example
+    from v1core.demo.model import new_demo_model
     from v1core.training import collate, linear_patch_embedding
 
     model, proc = new_demo_model(seed=1)
@@ -41,7 +43,8 @@ def test_linear_patch_embedding_is_the_conv_it_replaces_and_is_undone():
 
 def test_training_inputs_randomise_box_decimals_but_keep_the_labels():
     from v1core.demo.scenes import make_scene
-    from v1core.demo.train_demo import new_demo_model, scene_example, with_input_noise
+    from v1core.demo.data import scene_example, with_input_noise
+    from v1core.demo.model import new_demo_model
 
     _, proc = new_demo_model(seed=0)
     clean = scene_example(proc, make_scene(1))
@@ -59,7 +62,8 @@ def test_training_inputs_randomise_box_decimals_but_keep_the_labels():
 
 def test_cell_labels_name_what_covers_each_patch_and_where_it_is():
     from v1core.demo.scenes import COLOURS, SHAPES, make_scene
-    from v1core.demo.train_demo import OBJECT_COLUMN, cell_labels, new_demo_model
+    from v1core.demo.data import OBJECT_COLUMN, cell_labels
+    from v1core.demo.model import new_demo_model
 
     _, proc = new_demo_model(seed=0)
     scene = make_scene(500_000)
@@ -85,7 +89,9 @@ def test_cell_labels_name_what_covers_each_patch_and_where_it_is():
 def test_object_probes_pool_each_objects_patches_and_label_them():
     """The per-object probe sees the mean of exactly one object's patches (what copying them brings back)."""
     from v1core.demo.scenes import COLOURS, SHAPES, SIZES, make_scene
-    from v1core.demo.train_demo import CellProbes, new_demo_model, scene_example
+    from v1core.demo.data import scene_example
+    from v1core.demo.losses import CellProbes
+    from v1core.demo.model import new_demo_model
     from v1core.training import collate
 
     model, proc = new_demo_model(seed=0)
@@ -95,7 +101,7 @@ def test_object_probes_pool_each_objects_patches_and_label_them():
     image = batch["input_ids"] == model.config.image_token_id
     states = torch.randn(int(image.sum()), 8)
     labels = torch.cat([e.cell_labels for e in examples])
-    means, facts = CellProbes._object_means(states, labels, examples)
+    means, facts = CellProbes.object_means(states, labels, examples)
 
     objects = [o for s in scenes for o in s.objects]
     assert facts.tolist() == [[SHAPES.index(o.shape), list(COLOURS).index(o.colour), SIZES.index(o.size)]
@@ -118,7 +124,8 @@ def test_object_probes_pool_each_objects_patches_and_label_them():
 
 
 def test_shape_weight_also_weights_the_corner_shape_fact_that_shape_named_pointing_needs():
-    from v1core.demo.train_demo import CELL_FACTS, CORNER_FACTS, CellProbes
+    from v1core.demo.data import CELL_FACTS, CORNER_FACTS
+    from v1core.demo.losses import CellProbes
 
     probes = CellProbes(128, image_token_id=0, shape_weight=2.0, corner_weight=2.0)
     names = [name for name, _ in CELL_FACTS]
@@ -133,7 +140,9 @@ def test_object_pointer_loss_scores_the_mass_on_the_first_copys_whole_object():
     from types import SimpleNamespace
 
     from v1core.demo.scenes import make_scene
-    from v1core.demo.train_demo import OBJECT_COLUMN, ObjectPointerLoss, new_demo_model, scene_example
+    from v1core.demo.data import OBJECT_COLUMN, scene_example
+    from v1core.demo.losses import ObjectPointerLoss
+    from v1core.demo.model import new_demo_model
     from v1core.training import collate
 
     model, proc = new_demo_model(seed=0)
@@ -164,7 +173,9 @@ def test_first_copy_loss_scores_only_each_regions_first_copy_against_its_exact_p
     from types import SimpleNamespace
 
     from v1core.demo.scenes import make_scene
-    from v1core.demo.train_demo import FirstCopyLoss, first_copies, new_demo_model, scene_example
+    from v1core.demo.data import scene_example
+    from v1core.demo.losses import first_copies, FirstCopyLoss
+    from v1core.demo.model import new_demo_model
     from v1core.training import collate
 
     model, proc = new_demo_model(seed=0)
@@ -197,7 +208,9 @@ def test_fact_word_loss_scores_the_words_read_from_the_copies_and_the_answer():
     from types import SimpleNamespace
 
     from v1core.demo.scenes import make_scene
-    from v1core.demo.train_demo import FactWordLoss, fact_trigger_ids, new_demo_model, scene_example
+    from v1core.demo.data import scene_example
+    from v1core.demo.losses import fact_trigger_ids, FactWordLoss
+    from v1core.demo.model import new_demo_model
     from v1core.training import collate
 
     model, proc = new_demo_model(seed=0)
@@ -228,20 +241,20 @@ def test_fact_word_loss_scores_the_words_read_from_the_copies_and_the_answer():
 
 def test_first_copies_are_scored_per_named_object_by_how_the_question_names_it():
     from v1core.demo.scenes import make_scene
-    from v1core.demo.train_demo import _first_copies_on_objects
+    from v1core.demo.evaluation import first_copies_on_objects
 
     scene = next(make_scene(s) for s in range(100) if make_scene(s).kind == "compare")  # two colour-named objects
     grid = scene.grid()
     a, b = (grid.bbox_to_patches(o.box) for o in scene.target_objects)
     start, text = 1000, 7
     right = [text, start + a[0], start + a[1], text, text, start + b[0], text]
-    assert _first_copies_on_objects(scene, grid, right, start) == [("colour", True), ("colour", True)]
+    assert first_copies_on_objects(scene, grid, right, start) == [("colour", True), ("colour", True)]
     swapped = [text, start + b[0], text, start + b[0], start + a[0]]  # region 1 starts on the other object
-    assert _first_copies_on_objects(scene, grid, swapped, start) == [("colour", False), ("colour", True)]
-    assert _first_copies_on_objects(scene, grid, [text, start + a[0]], start) == [("colour", True), ("colour", False)]
+    assert first_copies_on_objects(scene, grid, swapped, start) == [("colour", False), ("colour", True)]
+    assert first_copies_on_objects(scene, grid, [text, start + a[0]], start) == [("colour", True), ("colour", False)]
     size_q = next(make_scene(s) for s in range(100) if make_scene(s).kind == "size")  # "Is the cross small or large?"
     corner = size_q.grid().bbox_to_patches(size_q.target_objects[0].box)[0]
-    assert _first_copies_on_objects(size_q, size_q.grid(), [start + corner], start) == [("shape", True)]
+    assert first_copies_on_objects(size_q, size_q.grid(), [start + corner], start) == [("shape", True)]
 
 
 def test_replayed_yields_every_example_the_asked_number_of_times_spread_out():
@@ -260,7 +273,8 @@ def test_asked_examples_share_one_image_and_match_building_each_question_from_sc
 
     from v1core.demo.scenes import ask_again, make_scene
     from v1core.demo.targets import target_text
-    from v1core.demo.train_demo import asked_examples, new_demo_model
+    from v1core.demo.data import asked_examples
+    from v1core.demo.model import new_demo_model
     from v1core.training import build_example
 
     _, proc = new_demo_model(seed=0)
@@ -276,7 +290,8 @@ def test_asked_examples_share_one_image_and_match_building_each_question_from_sc
 
 def test_noisy_boxes_draw_fresh_digits_for_a_replayed_example_and_leave_it_untouched():
     from v1core.demo.scenes import make_scene
-    from v1core.demo.train_demo import new_demo_model, scene_example, with_input_noise
+    from v1core.demo.data import scene_example, with_input_noise
+    from v1core.demo.model import new_demo_model
 
     _, proc = new_demo_model(seed=0)
     clean = scene_example(proc, make_scene(1))
@@ -291,7 +306,8 @@ def test_jitter_copies_moves_some_input_copies_to_a_neighbour_but_never_a_region
     from dataclasses import replace
 
     from v1core.demo.scenes import make_scene
-    from v1core.demo.train_demo import jitter_copies, new_demo_model, scene_example
+    from v1core.demo.data import jitter_copies, scene_example
+    from v1core.demo.model import new_demo_model
 
     _, proc = new_demo_model(seed=0)
     clean = scene_example(proc, make_scene(1))
@@ -310,10 +326,12 @@ def test_jitter_copies_moves_some_input_copies_to_a_neighbour_but_never_a_region
 def test_train_demo_writes_a_loadable_checkpoint_whose_card_states_the_recipe(tmp_path):
     import json
 
+    from v1core.demo.recipe import DemoRecipe
     from v1core.demo.train_demo import train_demo
 
-    res = train_demo(tmp_path, steps=3, batch_size=2, time_budget_s=None, eval_n=2, progress=False,
-                     fact_weight=0.3, replay=2, asks=2, copy_noise=0.2)
+    recipe = DemoRecipe(steps=3, batch_size=2, time_budget_s=None, eval_n=2, fact_weight=0.3, replay=2, asks=2,
+                        copy_noise=0.2)
+    res = train_demo(tmp_path, recipe, progress=False)
     assert res["steps"] == 3 and res["eval"]["n"] == 2
     model, proc = load_model(tmp_path, device="cpu")
     assert model.config.model_type == "v1" and proc.copy_token_num == model.config.copy_token_num
@@ -357,7 +375,7 @@ def test_demo_checkpoint_loads_through_the_7b_path_with_no_missing_keys():
 
 @needs_ckpt
 def test_demo_model_meets_the_bar_on_fresh_scenes():
-    from v1core.demo.train_demo import evaluate
+    from v1core.demo.evaluation import evaluate
 
     model, processor = load_model()
     res = evaluate(model, processor, n=50, seed=50_000, progress=False)  # seeds never used in training

@@ -208,7 +208,7 @@ def test_cells_box_round_trips_through_bbox_to_patches():
 
 def test_v1g_export_is_read_by_the_training_code(sqlite_store, tmp_path):
     """The exported JSONL goes through v1core's own v1g reader (the fine-tune path) unchanged."""
-    from v1core.demo.train_demo import read_v1g_rows
+    from v1core.demo.finetune import read_v1g_rows
     from v1core.demo.targets import expand_v1g_row, v1g_question
 
     (t,) = _labelled(sqlite_store, 1)

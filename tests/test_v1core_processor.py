@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from v1core.demo.tokenizer import build_demo_tokenizer
-from v1core.demo.train_demo import demo_processor
+from v1core.demo.model import demo_processor
 from v1core.processing_v1 import PAPER_PROMPT_SUFFIX, add_copy_tokens
 
 

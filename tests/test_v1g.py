@@ -86,7 +86,7 @@ def test_user_text_is_the_one_place_the_prompt_suffix_is_added() -> None:
 
 def test_the_processor_builds_its_user_turn_with_it() -> None:
     from v1core.demo.tokenizer import build_demo_tokenizer
-    from v1core.demo.train_demo import demo_processor
+    from v1core.demo.model import demo_processor
 
     processor = demo_processor(*build_demo_tokenizer(n_copy_tokens=16))
     processor.prompt_suffix = " (think first)"

@@ -191,7 +191,7 @@ def test_rows_written_with_the_schema_load_back_identically(tmp_path: Path) -> N
 def test_the_demo_trainer_reads_published_rows_on_the_training_geometry(tokenizer) -> None:
     """`train-demo --from-export` builds its examples with the official geometry: the same grid and the same copy
     ids, every occurrence, as the reference collate (here with the fixture's tokenizer and v1-7B's pixel limits)."""
-    from v1core.demo.train_demo import v1g_examples
+    from v1core.demo.finetune import v1g_examples
     from v1core.processing_v1 import V1Processor
 
     ids = tokenizer.convert_tokens_to_ids

@@ -31,7 +31,9 @@ def train_demo_cmd(
                                                   "fine-tuning)"),
 ) -> None:
     """Train the embedded tiny v1 on synthetic scenes (or fine-tune it on an export)."""
-    from .demo.train_demo import finetune_from_export, train_demo
+    from .demo.finetune import finetune_from_export
+    from .demo.recipe import DemoRecipe
+    from .demo.train_demo import train_demo
     from .loading import DEMO_CHECKPOINT
 
     if from_export is not None:
@@ -42,8 +44,9 @@ def train_demo_cmd(
                                    lr=lr or 5e-4, seed=seed)
     else:
         out = out or DEMO_CHECKPOINT
-        res = train_demo(out, steps=steps, batch_size=batch_size, time_budget_s=minutes * 60, seed=seed,
-                         eval_n=eval_n, **({"lr": lr} if lr else {}))
+        recipe = DemoRecipe(steps=steps, batch_size=batch_size, time_budget_s=minutes * 60, seed=seed, eval_n=eval_n,
+                            **({"lr": lr} if lr else {}))
+        res = train_demo(out, recipe)
     typer.echo(json.dumps(res, indent=2))
     typer.echo(f"checkpoint written to {out}")
 
@@ -56,7 +59,7 @@ def eval_demo_cmd(
     batch_size: int = typer.Option(8),
 ) -> None:
     """Pointer precision/recall and answer accuracy (with and without copying) on unseen scenes."""
-    from .demo.train_demo import evaluate
+    from .demo.evaluation import evaluate
     from .loading import load_model
 
     m, p = load_model(model)

@@ -7,6 +7,15 @@
   for the v1g row layout (the latter also serves real exported rows).
 - `tokenizer`: `build_demo_tokenizer(corpus, vocab_size, n_copy_tokens) -> (tokenizer, DemoTokenIds)`.
 
+Training the demo model, split the nanoGPT way (each module on its own, `train_demo` short):
+- `recipe`: `DemoRecipe`, every knob with the reason for its default;
+- `model`: the toy-scale `V1Config`, processor and `new_demo_model(seed)`;
+- `data`: scenes → examples, per-patch probe labels, input noise, the training stream `demo_examples`;
+- `losses`: the training-only objectives (probes, first-copy, fact-word, object-pointer) and `auxiliary_losses`;
+- `evaluation`: `evaluate` on held-out seeds (`v1studio eval-demo`), `TARGETS`;
+- `model_card`: the checkpoint's README from its training_info.json;
+- `train_demo`: `train_demo(out_dir, recipe)` and `save_checkpoint`; `finetune`: fine-tuning on exported v1g rows.
+
 Names are imported lazily so `import v1core.demo` stays cheap.
 """
 
