@@ -1,26 +1,32 @@
-"""The annotate page: a queue of traces to label, a form per trace, optimistic-concurrency saves, history.
+"""The annotate page: a queue of traces to label (with why each is there), a blind form per trace, keyboard
+shortcuts, optimistic-concurrency saves on the annotator's own head, history.
 
 Widget keys (stable, used by tests): verdict, answer_correct, note, tags, rv_label_<i>, rv_patches_<i>,
-rv_pick_<i>, add_patches, add_step, add_query, add_revisit, remove_added_<j>, save_annotation, keep_mine,
-take_theirs, revert_<version>, next_trace, prev_trace, ann_model, ann_tag, ann_verdict, ann_order.
+rv_pick_<i>, add_patches, add_step, add_query, add_revisit, remove_added_<j>, save_annotation, save_consensus,
+keep_mine, take_theirs, revert_<version>, next_trace, prev_trace, ann_model, ann_tag, ann_verdict, ann_order,
+ann_mode, ann_show_others, ann_rv, ann_keys (the keyboard component).
 
-The form is loaded from the trace's current annotation (the version remembered as the *base*); Save passes
-that base as `expected_version`. When someone else saved in between, the store keeps our save as a conflict
-version and raises `AnnotationConflict`: both versions are shown with "keep mine" (save ours again on top of
-theirs) and "take theirs" (load theirs into the form). Nothing is lost either way: every save is a version.
+Blind: the form is loaded from *your own* head only (`Store.annotation_view`), never from anybody else's, and
+that version is the *base* passed as `expected_version` on Save. A conflict therefore means your own head moved
+(you saved in another tab), or — when you revise a label — that a reviewer adjudicated since you loaded: the
+store keeps your save as a conflict version, and the panel shows a field-level diff table
+(`storage.annotations.annotation_diff`) with "keep mine" (save ours again on top) and "take theirs" (load that
+version into the form). Reviewers can switch "show others" to see every annotator's head beside the form and
+save their form as the trace's consensus. Saving an incomplete form (no verdict, wrong_region without a
+corrected region) shows what is missing and keeps everything typed.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, MutableMapping
 
-import numpy as np
 import streamlit as st
 
 from v1core.copy_tokens import copy_token
 
-from . import resources, state
+from . import keys, resources, state
 from .figures import patch_picker_figure
+from .queue import MODE_LABELS, MODES, QueueItem, build_queue
 from .safe_text import md_code, md_escape, shorten
 from .widgets import empty_state, sidebar_scope, trace_header
 
@@ -28,8 +34,11 @@ VERDICTS = ["correct", "incorrect", "unsure"]
 RV_LABELS = ["—", "correct", "wrong_region", "unnecessary"]
 ANSWER = ["yes", "no"]
 
-_LOADED = "_annot_loaded"  # (trace_id, version) the form shows
-_BASE = "_annot_base"  # {trace_id: version loaded} -> expected_version
+_LOADED = "_annot_loaded"  # (trace_id, annotator, version) the form shows
+_BASE = "_annot_base"  # {(trace_id, annotator): own head version loaded} -> expected_version
+_CBASE = "_annot_cbase"  # {(trace_id, annotator): consensus version loaded} -> expected_consensus
+_NAV = "_annot_nav"  # (previous id, next id) of the queue, for the keyboard
+_CTX = "_annot_ctx"  # (trace_id, annotator, number of revisits) the keys act on
 _ADDED = "_annot_added"  # added revisits being edited (list of dicts)
 _CONFLICT = "_annot_conflict"  # pending conflict info
 _FLASH = "_annot_flash"
@@ -47,35 +56,19 @@ def copy_ids(patches: list[int] | None) -> str:
     return " ".join(copy_token(k) for k in (patches or []))
 
 
-@st.cache_data(show_spinner=False, max_entries=2048)
-def uncertainty(url: str, trace_id: str) -> float:
-    """Higher = more worth a look: mean pointer entropy (normalised by log #patches) plus 1 − mean p_copy
-    at the revisits' copy steps."""
-    trace = resources.load_trace(trace_id)
-    if trace is None or not trace.steps:
-        return 0.0
-    n = max(int(trace.n_patches), 2)
-    ent = np.array([s.entropy for s in trace.steps], dtype=float)
-    ent = ent[np.isfinite(ent)]
-    score = float(ent.mean() / np.log(n)) if ent.size else 0.0
-    pc = np.array([s.p_copy for s in trace.steps if s.is_copy], dtype=float)
-    pc = pc[np.isfinite(pc)]
-    if pc.size:
-        score += 1.0 - float(pc.mean())
-    return score
+@st.cache_data(show_spinner=False, max_entries=4096)
+def _step_stats(url: str, trace_id: str) -> dict:
+    """`Store.step_stats` of one trace, cached per store and trace (the queue lists complete traces only, and
+    a finished trace's steps never change)."""
+    return resources.get_store().step_stats([trace_id]).get(trace_id, {})
 
 
-def queue(store: Any, me: str, *, model: str | None, tag: str | None, verdict: str | None,
-          order: str) -> tuple[list[Any], list[str]]:
-    """(ordered candidate summaries, ids not yet annotated by me in that order)."""
-    rows = store.list_traces(status="complete", model=model or None, tag=tag or None, verdict=verdict or None,
-                             limit=300)
-    if order == "uncertainty":
-        url = resources.store_url()
-        rows = sorted(rows, key=lambda r: -uncertainty(url, r.trace_id))
-    mine = set(st.session_state.get("_annot_mine", set()))
-    todo = [r.trace_id for r in rows if (r.annotator or "") != me and r.trace_id not in mine]
-    return rows, todo
+def queue(store: Any, me: str, *, mode: str, model: str | None, tag: str | None, verdict: str | None,
+          order: str) -> list[QueueItem]:
+    """The ordered queue for `me` (see `app.queue`): uncertainty parts cached per trace."""
+    url = resources.store_url()
+    return build_queue(store, me, mode=mode, order=order, model=model, tag=tag, verdict=verdict,
+                       stats=lambda tid: _step_stats(url, tid))
 
 
 def _load_form(trace: Any, rec: Any) -> None:
@@ -91,6 +84,7 @@ def _load_form(trace: Any, rec: Any) -> None:
         ss[f"rv_label_{i}"] = lab.label if lab is not None else "—"
         ss[f"rv_patches_{i}"] = list(lab.corrected_patches or []) if lab is not None else []
     ss[_ADDED] = [x.to_dict() for x in a.added_revisits] if a is not None else []
+    ss["ann_rv"] = 0
     for k in ("add_patches", "add_query"):
         ss.pop(k, None)
 
@@ -112,26 +106,42 @@ def _form_annotation(trace: Any, me: str) -> Any:
                       added_revisits=[AddedRevisit.from_dict(d) for d in ss.get(_ADDED, [])])
 
 
-def _save(store: Any, trace_id: str, annotation: Any, expected: int) -> None:
-    """Save; on success move the base; on conflict remember both sides for the resolution panel."""
-    from storage import AnnotationConflict
+def _save(store: Any, trace_id: str, annotation: Any, expected: int, *, consensus: bool = False) -> None:
+    """Save on the annotator's own head (or, `consensus`, as the trace's consensus); on success move the base;
+    on conflict remember both sides for the resolution panel; an incomplete or invalid form keeps its state
+    and says what is missing."""
+    from storage import AnnotationConflict, IncompleteAnnotation, PermissionDenied
 
     ss = st.session_state
-    ensure_annotator(store, annotation.annotator)
+    me = annotation.annotator
+    ensure_annotator(store, me)
+    key = (trace_id, me)
     try:
-        v = store.save_annotation(trace_id, annotation, expected_version=expected)
+        if consensus:
+            v = store.save_consensus(trace_id, annotation, by=me, expected_version=ss.setdefault(_CBASE, {}).get(
+                key, 0))
+        else:
+            v = store.save_annotation(trace_id, annotation, expected_version=expected,
+                                      expected_consensus=ss.setdefault(_CBASE, {}).get(key))
     except AnnotationConflict as exc:
         ss[_CONFLICT] = {"trace_id": trace_id, "mine": annotation.to_dict(), "saved_version": exc.saved_version,
-                         "current_version": exc.current_version, "current_annotator": exc.current_annotator}
+                         "current_version": exc.current_version, "current_annotator": exc.current_annotator,
+                         "stream": exc.stream, "consensus": consensus}
         return
-    except (ValueError, KeyError) as exc:
+    except IncompleteAnnotation as exc:
+        ss[_FLASH] = ("error", "Not saved — it needs " + "; ".join(exc.missing) + ". Everything you typed is kept.")
+        return
+    except (ValueError, KeyError, PermissionDenied) as exc:
         ss[_FLASH] = ("error", f"Not saved: {exc}")
         return
-    ss.setdefault(_BASE, {})[trace_id] = v
-    ss[_LOADED] = (trace_id, v)
-    ss.setdefault("_annot_mine", set()).add(trace_id)
+    if consensus:
+        ss.setdefault(_CBASE, {})[key] = v
+        ss[_FLASH] = ("success", f"Saved version {v} as the consensus of this trace.")
+    else:
+        ss.setdefault(_BASE, {})[key] = v
+        ss[_LOADED] = (trace_id, me, v)
+        ss[_FLASH] = ("success", f"Saved version {v}.")
     ss.pop(_CONFLICT, None)
-    ss[_FLASH] = ("success", f"Saved version {v}.")
 
 
 def goto(trace_id: str | None) -> None:
@@ -155,31 +165,55 @@ def render() -> None:
     store = resources.get_store()
     ss = st.session_state
     me, model, tag = sidebar_scope(store, "Queue", "ann")
+    reviewer = state.is_reviewer(me) if me else False
     with st.sidebar:
-        verdict_f = st.selectbox("Current verdict", [""] + VERDICTS, key="ann_verdict",
+        mode = st.radio("Show", MODES, key="ann_mode", format_func=lambda m: MODE_LABELS[m],
+                        help="not labelled by me: skips every trace you already labelled · needs a second "
+                             "annotator: traces exactly one other person labelled")
+        verdict_f = st.selectbox("Verdict (export head)", [""] + VERDICTS, key="ann_verdict",
                                  format_func=lambda v: v or "any")
         order = st.radio("Order", ["uncertainty", "newest"], key="ann_order",
                          help="uncertainty: high mean pointer entropy / low p_copy at revisits first")
+        show_others = st.toggle("Show others' labels", key="ann_show_others", disabled=not reviewer,
+                                help="reviewers only: every annotator's own head beside your form (the form stays "
+                                     "yours)") and reviewer
 
-    rows, todo = queue(store, me, model=model, tag=tag, verdict=verdict_f, order=order)
-    if not rows:
-        empty_state("No complete traces match these filters.")
-        return
-    ids = [r.trace_id for r in rows]
+    items = queue(store, me, mode=mode, model=model, tag=tag, verdict=verdict_f, order=order)
+    ids = [it.trace_id for it in items]
+    # stay on a trace you just labelled (here or in another tab) though it left the queue; else follow it
     current = ss.get(_CURRENT) or state.selected_trace_id()
-    if current not in ids:
-        current = todo[0] if todo else ids[0]
-        ss[_CURRENT] = current
-    pos = ids.index(current)
-    nxt = next((t for t in ids[pos + 1:] if t in todo), None) or next((t for t in todo if t != current), None)
-    prv = ids[pos - 1] if pos > 0 else None
+    if current and current not in ids and (not me or resources.load_trace(current) is None
+                                           or store.annotation_view(current, me).own_version == 0):
+        current = None
+    if not current:
+        if not ids:
+            total = store.count_traces(status="complete")
+            empty_state("No complete traces match these filters." if not total or mode == "all" else
+                        f"Nothing left for {me or 'you'} in “{MODE_LABELS[mode]}”. Pick “all traces” to revisit "
+                        "your labels.")
+            return
+        current = ids[0]
+    ss[_CURRENT] = current
+    pos = ids.index(current) if current in ids else -1
+    if pos >= 0:
+        nxt = ids[pos + 1] if pos + 1 < len(ids) else None
+        prv = ids[pos - 1] if pos > 0 else None
+    else:
+        nxt, prv = (ids[0] if ids else None), None
+    ss[_NAV] = (prv, nxt)
 
     c = st.columns([1, 1, 4], vertical_alignment="center")
     c[0].button("Previous", key="prev_trace", icon=":material/chevron_left:", on_click=goto, args=(prv,),
-                disabled=prv is None)
+                disabled=prv is None, help="k")
     c[1].button("Next", key="next_trace", icon=":material/chevron_right:", on_click=goto, args=(nxt,),
-                disabled=nxt is None)
-    c[2].caption(f"{len(todo)} trace(s) left for {md_escape(me or 'you')} · {pos + 1} of {len(ids)} in this order")
+                disabled=nxt is None, help="j")
+    where = f"{pos + 1} of {len(ids)}" if pos >= 0 else "labelled — not in this queue any more"
+    c[2].caption(f"{len(ids)} trace(s) in “{md_escape(MODE_LABELS[mode])}” for {md_escape(me or 'you')} · {where}")
+    item = items[pos] if pos >= 0 else None
+    if item is not None:
+        with st.expander("Why this trace: " + item.why(), expanded=False):
+            st.table({"part": [p for p, _ in item.uncertainty.parts()],
+                      "value": [v for _, v in item.uncertainty.parts()]}, hide_index=True)
 
     trace = resources.load_trace(current)
     if trace is None:
@@ -194,15 +228,19 @@ def render() -> None:
                 "Type your name in the sidebar (Annotator) to annotate.", icon=":material/person:")
         return
 
+    view = store.annotation_view(current, me, show_others=show_others)
+    key = (current, me)
     base = ss.setdefault(_BASE, {})
-    cur = store.get_annotation(current)
-    if current not in base:
-        base[current] = cur.version if cur else 0
-    if ss.get(_LOADED) != (current, base[current]):
-        rec = cur if (cur and cur.version == base[current]) else (
-            store.get_annotation(current, base[current]) if base[current] else None)
+    if key not in base:
+        base[key] = view.own_version
+        ss.setdefault(_CBASE, {})[key] = view.consensus_version
+    if ss.get(_LOADED) != (current, me, base[key]):
+        rec = view.own if (view.own and view.own.version == base[key]) else (
+            store.get_annotation(current, base[key]) if base[key] else None)
         _load_form(trace, rec)
-        ss[_LOADED] = (current, base[current])
+        ss[_LOADED] = (current, me, base[key])
+    ss[_CTX] = (current, me, len(trace.revisits))
+    keys.keyboard("ann_keys", _on_key)
 
     flash = ss.pop(_FLASH, None)
     if flash:
@@ -212,25 +250,77 @@ def render() -> None:
     if conflict and conflict["trace_id"] == current:
         _conflict_panel(store, trace, conflict)
 
-    _form(store, trace, me)
-    _history(store, trace, me)
+    if show_others:
+        _others_panel(trace, view)
+    _form(store, trace, me, reviewer)
+    _legend()
+    _history(store, trace, me, reviewer)
 
 
-def _form(store: Any, trace: Any, me: str) -> None:
+def apply_key(ss: MutableMapping[str, Any], action: str, ctx: tuple[str, str, int],
+              nav: tuple[str | None, str | None]) -> tuple[str, Any] | None:
+    """Apply a key's action (`app.keys.KEYMAP`) to the form state `ss` (session state, or any mapping).
+    `ctx` is (trace id, annotator, number of revisits), `nav` the queue's (previous id, next id). Returns
+    what the page must do besides: ("goto", trace id or None) or ("save", (trace id, annotator)); else None."""
+    trace_id, me, n_rv = ctx
+    kind, _, value = action.partition(":")
+    if kind == "verdict":
+        ss["verdict"] = value
+    elif kind == "answer":
+        ss["answer_correct"] = value
+    elif kind == "trace":
+        return ("goto", nav[1] if value == "next" else nav[0])
+    elif kind == "revisit" and n_rv:
+        ss["ann_rv"] = (int(ss.get("ann_rv") or 0) + (1 if value == "next" else -1)) % n_rv
+    elif kind == "label" and n_rv:
+        ss[f"rv_label_{int(ss.get('ann_rv') or 0)}"] = value
+    elif kind == "save":
+        return ("save", (trace_id, me))
+    return None
+
+
+def _on_key(action: str) -> None:
+    """The keyboard component's callback (runs before the rerun)."""
+    ss = st.session_state
+    ctx = ss.get(_CTX)
+    if not ctx:
+        return
+    todo = apply_key(ss, action, ctx, ss.get(_NAV) or (None, None))
+    if todo is None:
+        return
+    if todo[0] == "goto":
+        goto(todo[1])
+    else:
+        _on_save(*todo[1])
+
+
+def _legend() -> None:
+    with st.expander("Keyboard shortcuts", expanded=True, icon=":material/keyboard:"):
+        st.caption(" · ".join(f"{md_code(r['key'])} {md_escape(r['does'])}" for r in keys.legend_rows()))
+
+
+def _form(store: Any, trace: Any, me: str, reviewer: bool = False) -> None:
     ss = st.session_state
     st.subheader("Trace")
     c = st.columns(2)
-    c[0].radio("Verdict", VERDICTS, key="verdict", index=None, horizontal=True)
-    c[1].radio("Answer correct?", ANSWER, key="answer_correct", index=None, horizontal=True)
+    c[0].radio("Verdict  (1 / 2 / 3)", VERDICTS, key="verdict", index=None, horizontal=True)
+    c[1].radio("Answer correct?  (y / n)", ANSWER, key="answer_correct", index=None, horizontal=True)
     st.text_area("Note", key="note", max_chars=20_000)
     st.text_input("Tags (comma-separated)", key="tags")
 
     uri = resources.image_uri(trace.image_sha256)
-    st.subheader(f"Revisits ({len(trace.revisits)})")
+    n_rv = len(trace.revisits)
+    st.subheader(f"Revisits ({n_rv})")
+    if n_rv:
+        ss["ann_rv"] = min(max(int(ss.get("ann_rv") or 0), 0), n_rv - 1)
+        st.radio("Selected revisit  ([ / ], then c / w / u)", list(range(n_rv)), key="ann_rv", horizontal=True,
+                 format_func=lambda i: f"R{i + 1}")
     for i, rv in enumerate(trace.revisits):
-        with st.container(border=True):
+        selected = i == ss.get("ann_rv")
+        with st.container(border=True, key=f"rv_box_{i}"):
             q = f' · detect(query="{rv.query}")' if rv.query is not None else ""
-            st.markdown(f"**R{i + 1}** · steps {rv.start_step}–{rv.end_step - 1}{md_escape(q)}")
+            mark = "▶ " if selected else ""
+            st.markdown(f"{mark}**R{i + 1}** · steps {rv.start_step}–{rv.end_step - 1}{md_escape(q)}")
             st.caption("model copied " + md_code(copy_ids(sorted(set(rv.patches)))))
             lab = st.radio("Label", RV_LABELS, key=f"rv_label_{i}", horizontal=True)
             if lab == "wrong_region":
@@ -260,8 +350,13 @@ def _form(store: Any, trace: Any, me: str) -> None:
         st.text_input("Query", key="add_query")
         st.button("Add revisit", key="add_revisit", on_click=_add_revisit)
 
-    st.button("Save", key="save_annotation", type="primary", icon=":material/save:",
-              on_click=_on_save, args=(trace.trace_id, me))
+    b = st.columns([1, 1, 3])
+    b[0].button("Save  (Ctrl+Enter)", key="save_annotation", type="primary", icon=":material/save:",
+                on_click=_on_save, args=(trace.trace_id, me))
+    if reviewer:
+        b[1].button("Save as consensus", key="save_consensus", icon=":material/gavel:",
+                    on_click=_on_save, args=(trace.trace_id, me, True),
+                    help="your form becomes the trace's consensus (what exports use); annotators' own labels stay")
 
 
 def _picked(target: str, chart_key: str):
@@ -295,34 +390,71 @@ def _remove_added(j: int) -> None:
         added.pop(j)
 
 
-def _on_save(trace_id: str, me: str) -> None:
+def _on_save(trace_id: str, me: str, consensus: bool = False) -> None:
+    from storage import IncompleteAnnotation
+
     store = resources.get_store()
     trace = resources.load_trace(trace_id)
     try:
         ann = _form_annotation(trace, me)
+        missing = ann.missing()
+        if missing:
+            raise IncompleteAnnotation(missing)
         ann.validate()
+    except IncompleteAnnotation as exc:
+        st.session_state[_FLASH] = ("error", "Not saved — it needs " + "; ".join(exc.missing)
+                                    + ". Everything you typed is kept.")
+        return
     except ValueError as exc:
         st.session_state[_FLASH] = ("error", f"Not saved: {exc}")
         return
-    _save(store, trace_id, ann, st.session_state.setdefault(_BASE, {}).get(trace_id, 0))
+    _save(store, trace_id, ann, st.session_state.setdefault(_BASE, {}).get((trace_id, me), 0), consensus=consensus)
 
 
-# ----------------------------------------------------------------------------- conflict + history
+# ----------------------------------------------------------------------------- others, conflict, history
+def diff_table(mine: Any, theirs: Any) -> dict[str, list[str]]:
+    """`annotation_diff` rows as table columns (field, mine, theirs, differs) — plain text cells."""
+    from storage import annotation_diff
+
+    rows = annotation_diff(mine, theirs)
+    return {"field": [r.field for r in rows], "mine": [shorten(r.mine, 200) for r in rows],
+            "theirs": [shorten(r.theirs, 200) for r in rows], "differs": ["" if r.same else "≠" for r in rows]}
+
+
+def _others_panel(trace: Any, view: Any) -> None:
+    with st.container(border=True, key="ann_others"):
+        st.markdown("**Other annotators' labels** (reviewer view)")
+        if not view.others and view.consensus is None:
+            st.caption("Nobody else has labelled this trace.")
+        mine = _form_annotation(trace, view.annotator)
+        for name, rec in view.others.items():
+            st.caption(md_escape(f"{name} · v{rec.version} · {rec.created_at[:19].replace('T', ' ')}"))
+            st.table(diff_table(mine, rec.annotation), hide_index=True)
+        if view.consensus is not None:
+            st.caption(md_escape(f"consensus · v{view.consensus.version} by {view.consensus.annotator}"))
+            st.table(diff_table(mine, view.consensus.annotation), hide_index=True)
+
+
 def _conflict_panel(store: Any, trace: Any, conflict: dict) -> None:
+    from storage import Annotation
+
     theirs = store.get_annotation(trace.trace_id, conflict["current_version"])
-    with st.container(border=True):
-        st.warning(md_escape(
-            f"Someone else ({conflict.get('current_annotator') or '?'}) saved version {conflict['current_version']} "
-            f"after you loaded this trace. Your changes are kept as version {conflict['saved_version']}."),
-            icon=":material/warning:")
-        c = st.columns(2)
-        c[0].markdown(f"**Yours** (v{conflict['saved_version']})")
-        c[0].json(conflict["mine"])
-        c[1].markdown(f"**Theirs** (v{conflict['current_version']})")
-        c[1].json(theirs.annotation.to_dict() if theirs else {})
+    with st.container(border=True, key="ann_conflict"):
+        if conflict.get("stream") == "consensus":
+            msg = (f"A reviewer ({conflict.get('current_annotator') or '?'}) adjudicated this trace (consensus "
+                   f"version {conflict['current_version']}) after you loaded it.")
+        else:
+            msg = (f"Your own label on this trace moved to version {conflict['current_version']} (saved from another "
+                   "tab or session) after you loaded it.")
+        st.warning(md_escape(msg + f" Your changes are kept as version {conflict['saved_version']}."),
+                   icon=":material/warning:")
+        st.table(diff_table(Annotation.from_dict(conflict["mine"]), theirs.annotation if theirs else None),
+                 hide_index=True)
         b = st.columns(2)
-        b[0].button("Keep mine", key="keep_mine", on_click=_keep_mine, args=(trace.trace_id,))
-        b[1].button("Take theirs", key="take_theirs", on_click=_take_theirs, args=(trace.trace_id,))
+        b[0].button("Keep mine", key="keep_mine", on_click=_keep_mine, args=(trace.trace_id,),
+                    help="save your version again on top")
+        b[1].button("Take theirs", key="take_theirs", on_click=_take_theirs, args=(trace.trace_id,),
+                    help=f"load version {conflict['current_version']} into the form")
 
 
 def _keep_mine(trace_id: str) -> None:
@@ -333,7 +465,13 @@ def _keep_mine(trace_id: str) -> None:
     if not conflict:
         return
     mine = Annotation.from_dict(conflict["mine"])
-    _save(resources.get_store(), trace_id, mine, int(conflict["current_version"]))
+    key = (trace_id, mine.annotator)
+    if conflict.get("stream") == "consensus":  # a ruling came in between: accept having seen it, save again
+        ss.setdefault(_CBASE, {})[key] = int(conflict["current_version"])
+        _save(resources.get_store(), trace_id, mine, ss.setdefault(_BASE, {}).get(key, 0),
+              consensus=bool(conflict.get("consensus")))
+    else:
+        _save(resources.get_store(), trace_id, mine, int(conflict["current_version"]))
 
 
 def _take_theirs(trace_id: str) -> None:
@@ -341,8 +479,17 @@ def _take_theirs(trace_id: str) -> None:
     conflict = ss.pop(_CONFLICT, None)
     if not conflict:
         return
-    ss.setdefault(_BASE, {})[trace_id] = int(conflict["current_version"])
-    ss[_LOADED] = None  # reload the form from theirs
+    me = conflict["mine"].get("annotator", "")
+    key = (trace_id, me)
+    if conflict.get("stream") == "consensus":
+        ss.setdefault(_CBASE, {})[key] = int(conflict["current_version"])
+    else:
+        ss.setdefault(_BASE, {})[key] = int(conflict["current_version"])
+    rec = resources.get_store().get_annotation(trace_id, int(conflict["current_version"]))
+    trace = resources.load_trace(trace_id)
+    if rec is not None and trace is not None:
+        _load_form(trace, rec)
+        ss[_LOADED] = (trace_id, me, ss.setdefault(_BASE, {}).get(key, 0))
     ss[_FLASH] = ("success", f"Loaded version {conflict['current_version']}; your version "
                              f"{conflict['saved_version']} stays in the history.")
 
@@ -355,23 +502,25 @@ def _revert(trace_id: str, version: int, me: str) -> None:
     from storage import Annotation
 
     a = Annotation.from_dict({**rec.annotation.to_dict(), "annotator": me})
-    _save(store, trace_id, a, st.session_state.setdefault(_BASE, {}).get(trace_id, 0))
+    _save(store, trace_id, a, st.session_state.setdefault(_BASE, {}).get((trace_id, me), 0))
     st.session_state[_LOADED] = None
 
 
-def _history(store: Any, trace: Any, me: str) -> None:
-    hist = store.annotation_history(trace.trace_id)
-    st.subheader(f"History ({len(hist)})")
+def _history(store: Any, trace: Any, me: str, reviewer: bool = False) -> None:
+    """Your own versions of this trace (every version for reviewers: they adjudicate)."""
+    hist = store.annotation_history(trace.trace_id, annotator=None if reviewer else me)
+    st.subheader(f"{'History' if reviewer else 'Your history'} ({len(hist)})")
     if not hist:
         st.caption("No annotation yet.")
         return
     for rec in reversed(hist):
         a = rec.annotation
         c = st.columns([6, 1], vertical_alignment="center")
-        flag = " · conflict (not current)" if rec.conflict else ""
+        flag = " · conflict (not your head)" if rec.conflict else ""
+        kind = " · consensus" if rec.is_consensus else ""
         corr = sum(1 for r in a.revisit_labels if r.has_correction)
         c[0].markdown(md_escape(f"v{rec.version} · {a.annotator} · {rec.created_at[:19].replace('T', ' ')} · "
                                 f"verdict {a.verdict or '—'} · {corr} correction(s) · "
-                                f"{len(a.added_revisits)} added{flag} · {shorten(a.note, 60)}"))
+                                f"{len(a.added_revisits)} added{kind}{flag} · {shorten(a.note, 60)}"))
         c[1].button("Revert", key=f"revert_{rec.version}", on_click=_revert, args=(trace.trace_id, rec.version, me),
-                    help="save this version's content again as the newest version")
+                    help="save this version's content again as your newest version")

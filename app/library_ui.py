@@ -53,14 +53,8 @@ def filters() -> dict[str, Any]:
 
 
 def table_rows(store: Any, rows: list) -> list[dict[str, Any]]:
-    annotators: dict[str, list[str]] = {}
-    for r in rows:
-        if r.annotation_version > 0:
-            try:
-                names = [h.annotator for h in store.annotation_history(r.trace_id)]
-            except KeyError:
-                names = []
-            annotators[r.trace_id] = list(dict.fromkeys(names))
+    heads = store.heads_by_trace([r.trace_id for r in rows if r.annotated])
+    annotators = {t: sorted(h.annotators) for t, h in heads.items()}
     return [{
         "trace": r.trace_id,
         "question": shorten(r.question, 80),
@@ -68,6 +62,7 @@ def table_rows(store: Any, rows: list) -> list[dict[str, Any]]:
         "verdict": r.verdict or "",
         "annotators": ", ".join(annotators.get(r.trace_id, [])),
         "version": r.annotation_version,
+        "labels": r.annotation_state,
         "model": r.model_id,
         "created": (r.created_at or "")[:19].replace("T", " "),
         "revisits": r.n_revisits,

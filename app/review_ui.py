@@ -3,9 +3,10 @@
 Widget keys (stable, used by tests): rev_tag, rev_model, rev_min_iou, rev_pick, rev_open_<name>, rev_adopt_<name>.
 
 Agreement (Cohen's kappa on verdicts, mean patch IoU on corrected regions) and the disagreement list come
-from `storage.agreement` (`compute_agreement`, `find_disagreements`); this page only lays them out. A reviewer
-settles a disagreement by adopting one annotator's version (saved as the trace's current annotation, by the reviewer,
-tagged `adjudicated` and left out of agreement figures) or by opening the trace in Annotate to write their own.
+from `storage.agreement` (`compute_agreement`, `find_disagreements`, on each annotator's own head); this page
+only lays them out. A reviewer settles a disagreement by adopting one annotator's head as the trace's consensus
+(`Store.adopt_consensus`: a consensus version by the reviewer, what exports use, left out of agreement) or by
+opening the trace in Annotate and saving their own form as the consensus ("Save as consensus").
 """
 
 from __future__ import annotations
@@ -53,22 +54,16 @@ def disagreement_label(item: dict[str, Any], question: str = "") -> str:
 
 
 def _adopt(trace_id: str, name: str, reviewer: str) -> None:
-    """Make `name`'s latest annotation the trace's current one, saved by the reviewer (a new version)."""
-    from storage import Annotation
-    from storage.agreement import ADJUDICATED_TAG
+    """Make `name`'s own head the trace's consensus, saved by the reviewer (a new consensus version)."""
+    from storage import AnnotationConflict, PermissionDenied
 
     store = resources.get_store()
-    mine = [r for r in store.annotation_history(trace_id) if r.annotation.annotator == name]
-    if not mine:
-        st.session_state[_FLASH] = ("error", f"{name} has no annotation on this trace any more.")
+    try:
+        v = store.adopt_consensus(trace_id, name, by=reviewer)
+    except (KeyError, PermissionDenied, AnnotationConflict, ValueError) as exc:
+        st.session_state[_FLASH] = ("error", f"Not adopted: {exc}")
         return
-    chosen = mine[-1].annotation.to_dict()
-    chosen["annotator"] = reviewer
-    chosen["tags"] = sorted(set(chosen.get("tags") or []) | {ADJUDICATED_TAG})
-    note = chosen.get("note") or ""
-    chosen["note"] = f"[review] adopted {name}'s annotation (v{mine[-1].version})" + (f"\n{note}" if note else "")
-    v = store.save_annotation(trace_id, Annotation.from_dict(chosen))
-    st.session_state[_FLASH] = ("success", f"Saved version {v}: {name}'s annotation adopted.")
+    st.session_state[_FLASH] = ("success", f"Saved version {v}: {name}'s label adopted as the consensus.")
 
 
 def render() -> None:

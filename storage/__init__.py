@@ -5,6 +5,7 @@ training data. The public API is `Store` and the annotation dataclasses; no SQL 
     store = Store()                      # $V1STUDIO_DB or ./data/v1studio.db; migrations applied
     tid = store.save_trace(trace)
     v = store.save_annotation(tid, Annotation(annotator="ana", verdict="correct"), expected_version=0)
+    view = store.annotation_view(tid, "ana")  # blind: ana's own head only
 
 Exports, imports and agreement are functions that take a `Store` (`storage.export.export_v1g(store, out)`,
 `storage.importer.import_path(store, path)`, `storage.agreement.compute_agreement(store)`); they use only
@@ -13,8 +14,30 @@ its public API. See docs/STORAGE.md.
 
 from __future__ import annotations
 
-from .annotations import VERDICTS, REVISIT_LABELS, ROLES, AddedRevisit, Annotation, AnnotationRecord, RevisitLabel
-from .errors import AnnotationConflict, ImageNotFound, PermissionDenied, StorageError, StoreUnavailable, TraceNotFound
+from .annotations import (
+    REVISIT_LABELS,
+    ROLES,
+    UNRESOLVED,
+    VERDICTS,
+    AddedRevisit,
+    Annotation,
+    AnnotationRecord,
+    AnnotationView,
+    DiffRow,
+    ExportHead,
+    RevisitLabel,
+    TraceHeads,
+    annotation_diff,
+)
+from .errors import (
+    AnnotationConflict,
+    ImageNotFound,
+    IncompleteAnnotation,
+    PermissionDenied,
+    StorageError,
+    StoreUnavailable,
+    TraceNotFound,
+)
 from .records import Annotator, ImageInfo, StoredRevisit, TraceSummary
 from .store import Store, Transaction
 
@@ -23,9 +46,13 @@ __all__ = [
     "Annotation",
     "AnnotationConflict",
     "AnnotationRecord",
+    "AnnotationView",
     "Annotator",
+    "DiffRow",
+    "ExportHead",
     "ImageInfo",
     "ImageNotFound",
+    "IncompleteAnnotation",
     "PermissionDenied",
     "REVISIT_LABELS",
     "ROLES",
@@ -34,8 +61,11 @@ __all__ = [
     "StoreUnavailable",
     "Store",
     "StoredRevisit",
+    "TraceHeads",
     "TraceNotFound",
     "TraceSummary",
     "Transaction",
+    "UNRESOLVED",
     "VERDICTS",
+    "annotation_diff",
 ]

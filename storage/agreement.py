@@ -1,7 +1,8 @@
 """Inter-annotator agreement: Cohen's kappa on verdicts, patch IoU on corrected regions.
 
-For each trace, each annotator's *latest* saved version counts (conflict versions included: they are that
-person's judgement). Pairs of annotators are compared on the traces both labelled.
+For each trace, each annotator's own *head* counts (`Store.heads_by_trace`: their latest label; a save that
+conflicted with their own head in another tab does not count until they keep it). Reviewers' consensus heads
+are rulings, not judgements, and are left out. Pairs of annotators are compared on the traces both labelled.
 
 Region of a revisit according to one annotator: `wrong_region` → their corrected patches (or the patches their
 corrected box touches); `correct` → the model's patches; `unnecessary` → no patches. The IoU is taken over the
@@ -58,37 +59,25 @@ def _region(ann: Annotation, idx: int, model_patches: list[int], grid: Any) -> s
     return set()
 
 
-ADJUDICATED_TAG = "adjudicated"  # a reviewer's ruling: not an independent judgement, left out of agreement
-
-
-def is_adjudication(ann: Annotation) -> bool:
-    return ADJUDICATED_TAG in (ann.tags or [])
-
-
 def _latest_per_annotator(
     store: "Store", annotators: Sequence[str] | None, filters: dict[str, Any], settled: set[str] | None = None
 ) -> tuple[dict[str, dict[str, Annotation]], dict[str, Any]]:
-    """{trace: {annotator: latest annotation}} for traces labelled by two or more of `annotators`, and
-    {trace: (grid, {revisit index: model patches})}. Adjudications are skipped; traces whose newest
-    version is one are added to `settled`."""
+    """{trace: {annotator: their head}} for traces labelled by two or more of `annotators`, and
+    {trace: (grid, {revisit index: model patches})}. Traces with a consensus head are added to `settled`."""
     from v1core.geometry import PatchGrid
 
     filters.setdefault("annotated", True)
     wanted = set(annotators) if annotators else None
-    latest: dict[str, dict[str, Annotation]] = {}  # trace → annotator → latest annotation
+    latest: dict[str, dict[str, Annotation]] = {}  # trace → annotator → head
     geom: dict[str, Any] = {}
     for rows in store.iter_trace_rows(**filters):
         ids = [r.id for r in rows]
-        hist = store.history_by_trace(ids)
+        heads = store.heads_by_trace(ids)
         revs = store.revisits_by_trace(ids)
         for r in rows:
-            per: dict[str, Annotation] = {}
-            for rec in hist[r.id]:  # ascending versions: later ones win
-                if is_adjudication(rec.annotation):
-                    continue
-                if wanted is None or rec.annotator in wanted:
-                    per[rec.annotator] = rec.annotation
-            if settled is not None and hist[r.id] and is_adjudication(hist[r.id][-1].annotation):
+            h = heads[r.id]
+            per = {n: rec.annotation for n, rec in h.annotators.items() if wanted is None or n in wanted}
+            if settled is not None and h.consensus is not None:
                 settled.add(r.id)
             if len(per) >= 2:
                 latest[r.id] = per
@@ -106,7 +95,7 @@ def find_disagreements(
 ) -> list[dict[str, Any]]:
     """Traces where two or more annotators disagree: different verdicts, different revisit labels, or a
     revisit region whose pairwise patch IoU is below `min_iou` (1.0: any difference counts). Traces a reviewer
-    has adjudicated since (newest version tagged `adjudicated`) are left out unless `include_settled`.
+    has adjudicated (a consensus head, `Store.save_consensus`) are left out unless `include_settled`.
 
     Each item: trace_id, annotators, verdicts {name: verdict}, answer_correct {name: bool|None},
     notes {name: str}, revisits [{index, model_patches, labels {name: label}, regions {name: [patch ids]},
@@ -202,4 +191,4 @@ def compute_agreement(store: "Store", annotators: Sequence[str] | None = None, *
     }
 
 
-__all__ = ["ADJUDICATED_TAG", "cohen_kappa", "is_adjudication", "compute_agreement", "find_disagreements", "patch_iou"]
+__all__ = ["cohen_kappa", "compute_agreement", "find_disagreements", "patch_iou"]

@@ -1,6 +1,11 @@
 """The annotation payload: what a person said about one trace. Plain dataclasses, validated, JSON-able.
 
 An annotation is saved as a new *version* every time (never overwritten); see `Store.save_annotation`.
+Each annotator has their own stream of versions per trace and their own *head* (their latest save); a
+reviewer's ruling is a separate *consensus* head (`kind="consensus"`). This module also owns the rules that
+work on those heads without a database: what a save must contain (`Annotation.check_complete`), the
+field-level comparison of two annotations (`annotation_diff`) and which head an export uses
+(`resolve_export_head`).
 """
 
 from __future__ import annotations
@@ -9,7 +14,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from .errors import IncompleteAnnotation
+
 VERDICTS = ("correct", "incorrect", "unsure")
+KINDS = ("label", "consensus")  # an annotator's own label / a reviewer's ruling
 REVISIT_LABELS = ("correct", "wrong_region", "unnecessary")
 ROLES = ("annotator", "reviewer")
 
@@ -147,7 +155,8 @@ class AddedRevisit:
         self.box = _check_box(self.box, "added revisit box")
         self.query = _check_str(self.query, "added revisit query", 1000)
         if not self.patches and self.box is None:
-            raise ValueError(f"the revisit added at step {self.step} needs patches or a box")
+            raise IncompleteAnnotation([f"a region for the revisit added before step {self.step} "
+                                        f"(the revisit added at step {self.step} needs patches or a box)"])
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -233,6 +242,37 @@ class Annotation:
             if bad:
                 raise ValueError(f"added revisit: patch {bad[0]} is outside the grid ({n_patches} patches)")
 
+    def missing(self) -> list[str]:
+        """What this annotation lacks to be saved, as short phrases (empty when complete): a verdict, a corrected
+        region for every revisit labelled `wrong_region` (R1 = revisit 0), a region for every added revisit."""
+        out = []
+        if self.verdict is None:
+            out.append("a verdict (correct / incorrect / unsure)")
+        for r in self.revisit_labels:
+            if r.label == "wrong_region" and not r.has_correction:
+                out.append(f"a corrected region for R{r.revisit_index + 1} (it is labelled wrong_region)")
+        for j, ad in enumerate(self.added_revisits):
+            if not ad.patches and ad.box is None:
+                out.append(f"a region for the revisit added before step {ad.step} (added revisit {j + 1})")
+        return out
+
+    def check_complete(self) -> None:
+        """`IncompleteAnnotation` naming everything `missing()` finds; the store calls it on every new save."""
+        missing = self.missing()
+        if missing:
+            raise IncompleteAnnotation(missing)
+
+    def training_content(self) -> tuple[Any, ...]:
+        """What an export turns into training data (verdict, answer, revisit labels and regions, added revisits);
+        notes and tags are left out. Two annotators *agree* on a trace when these are equal."""
+        return (
+            self.verdict,
+            self.answer_correct,
+            tuple((r.revisit_index, r.label, tuple(r.corrected_patches or ()), r.corrected_box)
+                  for r in sorted(self.revisit_labels, key=lambda r: r.revisit_index)),
+            tuple(sorted((a.step, tuple(a.patches), a.box or (), a.query) for a in self.added_revisits)),
+        )
+
     def label_for(self, revisit_index: int) -> RevisitLabel | None:
         for r in self.revisit_labels:
             if r.revisit_index == revisit_index:
@@ -281,9 +321,12 @@ class Annotation:
 class AnnotationRecord:
     """One stored version of a trace's annotation.
 
-    `conflict` marks a save whose `expected_version` was stale: it is kept in the history (nothing typed is
-    lost) but did not become the trace's current annotation. `based_on` is the version the annotator had
-    loaded (None when they saved without a check).
+    Versions are numbered per trace (1, 2, … across everybody, gapless); the versions of one annotator are
+    their own stream. `kind` is "label" (an annotator's own judgement) or "consensus" (a reviewer's ruling,
+    `annotation.annotator` being the reviewer; `adopted_from` is the version it copied, when it adopted an
+    annotator's head). `conflict` marks a save whose `expected_version` was stale: it is kept in the history
+    (nothing typed is lost) but did not move the head. `based_on` is the head version the person had loaded
+    (None when they saved without a check).
     """
 
     trace_id: str
@@ -292,6 +335,12 @@ class AnnotationRecord:
     annotation: Annotation
     based_on: int | None = None
     conflict: bool = False
+    kind: str = "label"
+    adopted_from: int | None = None
+
+    @property
+    def is_consensus(self) -> bool:
+        return self.kind == "consensus"
 
     @property
     def annotator(self) -> str:
@@ -302,13 +351,17 @@ class AnnotationRecord:
         return self.annotation.verdict
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "version": self.version,
             "created_at": self.created_at,
             "based_on": self.based_on,
             "conflict": self.conflict,
-            **self.annotation.to_dict(),
         }
+        if self.kind != "label":  # only when set, so label histories read as before
+            d["kind"] = self.kind
+        if self.adopted_from is not None:
+            d["adopted_from"] = self.adopted_from
+        return {**d, **self.annotation.to_dict()}
 
     @classmethod
     def from_dict(cls, trace_id: str, d: Mapping[str, Any]) -> "AnnotationRecord":
@@ -323,6 +376,12 @@ class AnnotationRecord:
         based_on = d.get("based_on")
         if based_on is not None and (isinstance(based_on, bool) or not isinstance(based_on, int)):
             raise ValueError(f"annotation based_on must be an integer or null, got {based_on!r}")
+        kind = d.get("kind", "label")
+        if kind not in KINDS:
+            raise ValueError(f"annotation kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        adopted = d.get("adopted_from")
+        if adopted is not None and (isinstance(adopted, bool) or not isinstance(adopted, int)):
+            raise ValueError(f"annotation adopted_from must be an integer or null, got {adopted!r}")
         return cls(
             trace_id=trace_id,
             version=version,
@@ -330,15 +389,168 @@ class AnnotationRecord:
             annotation=Annotation.from_dict(d).validate(),
             based_on=based_on,
             conflict=bool(d.get("conflict", False)),
+            kind=kind,
+            adopted_from=adopted,
         )
+
+
+# ----------------------------------------------------------------------------- heads
+@dataclass
+class TraceHeads:
+    """The heads of one trace: each annotator's own latest label (`annotators`, by name) and the reviewers'
+    consensus head (None until a reviewer adjudicates)."""
+
+    trace_id: str
+    annotators: dict[str, AnnotationRecord] = field(default_factory=dict)
+    consensus: AnnotationRecord | None = None
+
+
+@dataclass
+class AnnotationView:
+    """What one person may see of a trace's labels (`Store.annotation_view`).
+
+    `own` is their own head (None before their first save) and `own_version` its version (0 = none): pass it
+    as `expected_version`. Blind by default: `others` is empty and `consensus` None unless a reviewer asked to
+    see them. `consensus_version` (a number only, nothing of its content) lets a save detect a ruling made
+    since loading; `n_annotators` is how many people hold a head on the trace.
+    """
+
+    trace_id: str
+    annotator: str
+    own: AnnotationRecord | None
+    own_version: int
+    consensus_version: int
+    n_annotators: int
+    others: dict[str, AnnotationRecord] = field(default_factory=dict)
+    consensus: AnnotationRecord | None = None
+    shows_others: bool = False
+
+
+UNRESOLVED = "annotators disagree — adjudicate in Review"
+EXPORT_RULES = ("consensus", "single annotator", "annotators agree")
+
+
+@dataclass
+class ExportHead:
+    """Which annotation an export uses for one trace (`Store.export_heads`). `record` is None when the trace is
+    skipped, with `reason` saying why; otherwise `rule` says which rule picked it (one of `EXPORT_RULES`)."""
+
+    trace_id: str
+    record: AnnotationRecord | None
+    rule: str | None
+    reason: str | None = None
+
+
+def resolve_export_head(heads: Mapping[str, AnnotationRecord], consensus: AnnotationRecord | None
+                        ) -> tuple[str, AnnotationRecord | None]:
+    """(state, record) of one trace under the export rule: the consensus head where a reviewer adjudicated
+    (state "consensus"); else the only annotator's head ("single"); else, when every annotator's head has the
+    same `training_content`, the newest of them ("agree"); else nothing ("disagree"). No heads: ("none", None)."""
+    if consensus is not None:
+        return "consensus", consensus
+    recs = sorted(heads.values(), key=lambda r: r.version)
+    if not recs:
+        return "none", None
+    if len(recs) == 1:
+        return "single", recs[0]
+    if len({r.annotation.training_content() for r in recs}) == 1:
+        return "agree", recs[-1]
+    return "disagree", None
+
+
+STATE_RULES = {"consensus": "consensus", "single": "single annotator", "agree": "annotators agree"}
+
+
+# ----------------------------------------------------------------------------- diff
+@dataclass(frozen=True)
+class DiffRow:
+    """One field of two annotations side by side, as readable text ("—" when unset). `same` says whether
+    they are equal."""
+
+    field: str
+    mine: str
+    theirs: str
+    same: bool
+
+
+def _yes_no(v: bool | None) -> str:
+    return "—" if v is None else ("yes" if v else "no")
+
+
+def _region_text(lab: RevisitLabel | None) -> str:
+    if lab is None or not lab.has_correction:
+        return "—"
+    parts = []
+    if lab.corrected_patches:
+        parts.append("patches " + " ".join(str(p) for p in lab.corrected_patches))
+    if lab.corrected_box is not None:
+        parts.append("box (" + ", ".join(f"{v:g}" for v in lab.corrected_box) + ")")
+    return " · ".join(parts)
+
+
+def _added_text(a: AddedRevisit | None) -> str:
+    if a is None:
+        return "—"
+    where = ("patches " + " ".join(str(p) for p in a.patches)) if a.patches else ""
+    if a.box is not None:
+        where = (where + " · " if where else "") + "box (" + ", ".join(f"{v:g}" for v in a.box) + ")"
+    return f"before step {a.step} · query {a.query!r} · {where or 'no region'}"
+
+
+def annotation_diff(mine: Annotation | None, theirs: Annotation | None) -> list[DiffRow]:
+    """Field-level rows comparing two annotations (either may be None = nothing saved): verdict, answer
+    correct, note, tags, each revisit's label and corrected region (R1 = revisit 0), each added revisit. Every
+    field that either side sets is listed, with `same` telling whether it differs; render it as a table."""
+    def rows_for(a: Annotation | None) -> dict[str, str]:
+        if a is None:
+            return {}
+        d = {"verdict": a.verdict or "—", "answer correct": _yes_no(a.answer_correct), "note": a.note or "—",
+             "tags": ", ".join(a.tags) or "—"}
+        for r in a.revisit_labels:
+            d[f"R{r.revisit_index + 1} label"] = r.label
+            d[f"R{r.revisit_index + 1} region"] = _region_text(r)
+        for j, ad in enumerate(sorted(a.added_revisits, key=lambda x: (x.step, x.query))):
+            d[f"added revisit {j + 1}"] = _added_text(ad)
+        return d
+
+    m, t = rows_for(mine), rows_for(theirs)
+    base = ["verdict", "answer correct", "note", "tags"]
+    extra = sorted((set(m) | set(t)) - set(base), key=_diff_order)
+    out = []
+    for f in base + extra:
+        a, b = m.get(f, "—"), t.get(f, "—")
+        out.append(DiffRow(f, a, b, a == b))
+    return out
+
+
+def _diff_order(name: str) -> tuple[int, int, str]:
+    if name.startswith("R") and " " in name:
+        head, _, rest = name.partition(" ")
+        if head[1:].isdigit():
+            return (0, int(head[1:]), rest)
+    if name.startswith("added revisit "):
+        n = name.rsplit(" ", 1)[-1]
+        return (1, int(n) if n.isdigit() else 0, "")
+    return (2, 0, name)
 
 
 __all__ = [
     "AddedRevisit",
     "Annotation",
     "AnnotationRecord",
+    "AnnotationView",
+    "DiffRow",
+    "EXPORT_RULES",
+    "ExportHead",
+    "IncompleteAnnotation",
+    "KINDS",
     "REVISIT_LABELS",
     "ROLES",
     "RevisitLabel",
+    "STATE_RULES",
+    "TraceHeads",
+    "UNRESOLVED",
     "VERDICTS",
+    "annotation_diff",
+    "resolve_export_head",
 ]

@@ -233,11 +233,23 @@ def decode_step(steps_json: str, pointers: bytes | None, j: int, grid: tuple[int
     return step
 
 
+def step_columns(chunks_json: Sequence[str], fields: Sequence[str]) -> dict[str, list[Any]]:
+    """{field: [value of every step]} for these step fields, from the chunks' `steps_json` in chunk order (no
+    pointers decoded); a step without the field gives None."""
+    out: dict[str, list[Any]] = {f: [] for f in fields}
+    for c in chunks_json:
+        for d in json.loads(c):
+            for f in fields:
+                out[f].append(d.get(f))
+    return out
+
+
 def step_texts(chunks_json: Sequence[str]) -> list[str]:
     """The text of every step, from the chunks' `steps_json` in chunk order (no pointers decoded)."""
     return [d["text"] for c in chunks_json for d in json.loads(c)]
 
 
 __all__ = ["CHUNK_BYTES", "MAX_STEPS_PER_CHUNK", "PreparedTrace", "SOURCES", "STATUSES", "decode_step",
-           "decode_trace", "dumps", "encode_trace", "f16_all_finite", "json_safe", "now_iso", "step_texts",
+           "decode_trace", "dumps", "encode_trace", "f16_all_finite", "json_safe", "now_iso", "step_columns",
+           "step_texts",
            "to_float16"]

@@ -23,25 +23,34 @@ class ImageNotFound(KeyError):
 
 
 class AnnotationConflict(StorageError):
-    """`expected_version` was stale: someone saved a newer version since it was loaded.
+    """The head you loaded moved before you saved: `expected_version` was stale.
+
+    Each annotator has their own head per trace, so this only happens when *your own* head moved (you saved
+    from another tab or session) — `stream='own'` — or, for a consensus save or an annotator revising a label
+    after a ruling, when the trace's consensus head moved (a reviewer adjudicated) — `stream='consensus'`.
+    Another annotator's save never conflicts with yours.
 
     The rejected save is *kept* in the history as version `saved_version` (marked conflict) so nothing typed
-    is lost; the trace's current annotation stays `current_version`. Reload, merge and save again with
-    `expected_version=current_version`.
+    is lost; the head stays `current_version`. Compare the two (`storage.annotations.annotation_diff`) and save
+    again with `expected_version=current_version` (keep mine) or load the head (take theirs).
     """
 
     def __init__(self, trace_id: str, expected_version: int, current_version: int, saved_version: int,
-                 current_annotator: str | None):
+                 current_annotator: str | None, stream: str = "own"):
         self.trace_id = trace_id
         self.expected_version = expected_version
         self.current_version = current_version
         self.saved_version = saved_version
         self.current_annotator = current_annotator
-        by = f" by {current_annotator}" if current_annotator else ""
+        self.stream = stream
+        if stream == "consensus":
+            by = f" by {current_annotator}" if current_annotator else ""
+            what = f"the consensus of trace {trace_id} was adjudicated{by} (version {current_version})"
+        else:
+            what = f"your own head on trace {trace_id} moved to version {current_version} (saved elsewhere)"
         super().__init__(
-            f"trace {trace_id} was annotated{by} (version {current_version}) after you loaded version "
-            f"{expected_version}; your changes are kept in the history as version {saved_version} — reload and "
-            f"save again to make them current"
+            f"{what} after you loaded version {expected_version}; your changes are kept in the history as "
+            f"version {saved_version} — compare, then keep yours or take that version"
         )
 
 
@@ -50,9 +59,18 @@ class StoreUnavailable(StorageError):
     was dropped, or the file is not a database. Nothing was saved; the message says what happened."""
 
 
+class IncompleteAnnotation(StorageError, ValueError):
+    """An annotation that cannot be saved yet; `missing` lists what it lacks, each as a short phrase
+    ("a verdict", "a corrected region for R2", …). Nothing was stored."""
+
+    def __init__(self, missing: list[str]):
+        self.missing = list(missing)
+        super().__init__("not saved: it needs " + "; ".join(self.missing))
+
+
 class PermissionDenied(StorageError, PermissionError):
     """The annotator's role does not allow this (only reviewers delete or restore traces)."""
 
 
-__all__ = ["AnnotationConflict", "ImageNotFound", "PermissionDenied", "StorageError", "StoreUnavailable",
-           "TraceNotFound"]
+__all__ = ["AnnotationConflict", "ImageNotFound", "IncompleteAnnotation", "PermissionDenied", "StorageError",
+           "StoreUnavailable", "TraceNotFound"]

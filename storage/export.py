@@ -64,26 +64,32 @@ class ExportReport:
 # ----------------------------------------------------------------------------- selection
 def _labelled(store: "Store", *, verdict: Any = None, annotator: str | None = None, tag: str | None = None,
               only_corrected: bool = False, model: str | None = None, trace_ids: Sequence[str] | None = None,
-              batch: int = 500) -> Iterator[tuple["TraceRow", AnnotationRecord, list[StoredRevisit]]]:
-    """Complete, annotated traces matching the filters, with their current annotation and revisits."""
+              batch: int = 500, report: "ExportReport | None" = None
+              ) -> Iterator[tuple["TraceRow", AnnotationRecord, list[StoredRevisit]]]:
+    """Complete, annotated traces matching the filters, with the head the export uses (`Store.export_heads`:
+    consensus, else the single annotator's, else the agreeing heads') and their revisits. Traces whose
+    annotators disagree with no ruling are listed in `report.skipped` with that reason."""
     filters: dict[str, Any] = dict(annotated=True, status="complete", verdict=verdict, annotator=annotator, tag=tag,
                                    model=model, trace_ids=trace_ids)
     if only_corrected:
         filters["has_corrections"] = True
     for rows in store.iter_trace_rows(batch=batch, **filters):
         ids = [r.id for r in rows]
-        heads = store.current_annotations(ids)
+        heads = store.export_heads(ids)
         revs = store.revisits_by_trace(ids)
         for r in rows:
-            if r.id in heads:
-                yield r, heads[r.id], revs[r.id]
+            head = heads[r.id]
+            if head.record is not None:
+                yield r, head.record, revs[r.id]
+            elif report is not None:
+                report.skipped.append(f"{r.id}: {head.reason}")
 
 
 def _training_rows(store: "Store", report: "ExportReport", bar: Any, **filters: Any
                    ) -> Iterator[tuple["TraceRow", AnnotationRecord, str, dict[str, list[float]]]]:
     """Labelled rows with their training text and regions; a row that cannot become training data is
     recorded in `report.skipped` with its reason (shared by the v1g and Hugging Face exports)."""
-    for row, rec, revs in _labelled(store, **filters):
+    for row, rec, revs in _labelled(store, report=report, **filters):
         bar.update(1)
         try:
             text, regions = build_training_text(store, row, rec, revs)
@@ -437,7 +443,8 @@ def export_labelstudio(store: "Store", out: str | os.PathLike, *, images: str = 
     tasks = []
     with _progress(total, "export labelstudio", progress) as bar:
         for row, rec, revs in _labelled(store, verdict=verdict, annotator=annotator, tag=tag,
-                                        only_corrected=only_corrected, model=model, trace_ids=trace_ids):
+                                        only_corrected=only_corrected, model=model, trace_ids=trace_ids,
+                                        report=report):
             bar.update(1)
             w, h = row.image_w, row.image_h
             grid = PatchGrid.from_resized((w, h), (row.resized_w, row.resized_h))

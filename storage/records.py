@@ -24,10 +24,13 @@ class TraceSummary:
     parent_id: str | None
     branch_step: int | None
     tags: list[str]
-    annotation_version: int
+    annotation_version: int  # the head an export uses (0: nobody labelled it, or the annotators disagree)
     verdict: str | None
     annotator: str | None
     has_corrections: bool
+    n_annotators: int = 0  # annotators holding their own head on the trace
+    consensus_version: int = 0  # 0 until a reviewer rules
+    annotation_state: str = "none"  # none / single / agree / disagree / consensus
 
     @property
     def id(self) -> str:
@@ -35,7 +38,8 @@ class TraceSummary:
 
     @property
     def annotated(self) -> bool:
-        return self.annotation_version > 0
+        """Someone labelled it (the annotators may still disagree)."""
+        return self.n_annotators > 0 or self.consensus_version > 0 or self.annotation_version > 0
 
 
 @dataclass(frozen=True)

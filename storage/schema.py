@@ -4,14 +4,16 @@
 Layout:
   images            content-addressed by sha256 (bytes stored inline, or a path)
   models            one row per model_id
-  traces            one row per decoding: question, settings, output, grid, status, lineage, denormalised head
-                    annotation (version, verdict) for fast filtering
+  traces            one row per decoding: question, settings, output, grid, status, lineage, and the resolved
+                    annotation heads denormalised for fast filtering (export head version/verdict, number of
+                    annotators, consensus version, state)
   trace_chunks      the per-step arrays, `steps_per_chunk` steps a row: step fields as compact JSON and the
                     float16 pointer blob ([n, rows, cols] little-endian) — one step is loaded by reading one row
   trace_tags        tags of the trace and of its current annotation (for filtering)
   revisits          runs of copy steps (derived from the steps at save time; for listing and export)
   annotators        name, role (annotator / reviewer)
-  annotations       versioned, never overwritten: (trace_id, version) unique
+  annotations       versioned, never overwritten: (trace_id, version) unique; kind label / consensus
+  annotation_heads  each annotator's own head per trace: (trace_id, annotator_id) → version
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -102,12 +104,17 @@ class TraceRow(Base):
     n_revisits: Mapped[int] = mapped_column(Integer, default=0)
     has_pointers: Mapped[bool] = mapped_column(Boolean, default=False)
     steps_per_chunk: Mapped[int] = mapped_column(Integer, default=1)
-    # head annotation (denormalised from `annotations`, updated in the same transaction)
-    ann_version: Mapped[int] = mapped_column(Integer, default=0)  # current version; 0 = not annotated
+    # the heads, denormalised from `annotations` / `annotation_heads` in the same transaction as every save:
+    # ann_version / verdict / annotator / has_corrections are those of the head an export uses
+    # (`storage.annotations.resolve_export_head`; 0 / NULL while annotators disagree or nobody labelled)
+    ann_version: Mapped[int] = mapped_column(Integer, default=0)
     ann_seq: Mapped[int] = mapped_column(Integer, default=0)  # last version number handed out
     verdict: Mapped[Optional[str]] = mapped_column(String(16), nullable=True, index=True)
     annotator: Mapped[Optional[str]] = mapped_column(String(100), nullable=True)
     has_corrections: Mapped[bool] = mapped_column(Boolean, default=False)
+    n_annotators: Mapped[int] = mapped_column(Integer, default=0, index=True)  # annotators holding a head
+    consensus_version: Mapped[int] = mapped_column(Integer, default=0)  # 0 = no reviewer ruling
+    ann_state: Mapped[str] = mapped_column(String(16), default="none")  # none/single/agree/disagree/consensus
     deleted_at: Mapped[Optional[str]] = mapped_column(String(40), nullable=True)
     deleted_by: Mapped[Optional[str]] = mapped_column(String(100), nullable=True)
 
@@ -173,11 +180,27 @@ class AnnotationRow(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     based_on: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     conflict: Mapped[bool] = mapped_column(Boolean, default=False)
+    kind: Mapped[str] = mapped_column(String(16), default="label")  # label / consensus
+    adopted_from: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)  # version a consensus copied
+
+
+class AnnotationHeadRow(Base):
+    """Each annotator's own head on a trace: their latest label version that was not a conflict (migration
+    0002 also takes older conflict saves, which one shared head used to flag whenever someone else had saved).
+    Consensus heads are `traces.consensus_version`."""
+
+    __tablename__ = "annotation_heads"
+
+    trace_id: Mapped[str] = mapped_column(ForeignKey("traces.id", ondelete="CASCADE"), primary_key=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), primary_key=True, index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[str] = mapped_column(String(40))
 
 
 metadata = Base.metadata
 
 __all__ = [
+    "AnnotationHeadRow",
     "AnnotationRow",
     "AnnotatorRow",
     "Base",

@@ -28,13 +28,35 @@ from sqlalchemy.orm import Session
 
 from v1core.trace import Step, Trace
 
-from .annotations import ROLES, VERDICTS, Annotation, AnnotationRecord, check_no_nul
-from .codec import STATUSES, PreparedTrace, decode_step, decode_trace, encode_trace, now_iso, step_texts
+from .annotations import (
+    ROLES,
+    STATE_RULES,
+    UNRESOLVED,
+    VERDICTS,
+    Annotation,
+    AnnotationRecord,
+    AnnotationView,
+    ExportHead,
+    TraceHeads,
+    check_no_nul,
+    resolve_export_head,
+)
+from .codec import (
+    STATUSES,
+    PreparedTrace,
+    decode_step,
+    decode_trace,
+    encode_trace,
+    now_iso,
+    step_columns,
+    step_texts,
+)
 from .db import make_engine, resolve_url, upgrade, write_engine
 from .errors import AnnotationConflict, ImageNotFound, PermissionDenied, StorageError, StoreUnavailable, TraceNotFound
 from .files import protect_paths, store_files
 from .records import Annotator, ImageInfo, StoredRevisit, TraceSummary
 from .schema import (
+    AnnotationHeadRow,
     AnnotationRow,
     AnnotatorRow,
     ImageRow,
@@ -47,6 +69,9 @@ from .schema import (
 
 
 # ----------------------------------------------------------------------------- helpers
+ANN_STATES = ("none", "single", "agree", "disagree", "consensus")
+
+
 def _escape_like(s: str) -> str:
     return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -55,7 +80,7 @@ _SUMMARY_COLS = (
     TraceRow.id, TraceRow.question, TraceRow.model_id, TraceRow.status, TraceRow.created_at, TraceRow.image_sha256,
     TraceRow.image_w, TraceRow.image_h, TraceRow.n_steps, TraceRow.n_revisits, TraceRow.source, TraceRow.parent_id,
     TraceRow.branch_step, TraceRow.tags, TraceRow.ann_version, TraceRow.verdict, TraceRow.annotator,
-    TraceRow.has_corrections,
+    TraceRow.has_corrections, TraceRow.n_annotators, TraceRow.consensus_version, TraceRow.ann_state,
 )
 
 
@@ -94,22 +119,77 @@ def _annotator_id(s: Session, name: str) -> int:
 
 def _insert_annotation(s: Session, trace_id: str, a: Annotation, *, version: int, created_at: str,
                        based_on: int | None, conflict: bool, make_head: bool, n_revisits: int, n_steps: int,
-                       n_patches: int, seq: int) -> None:
+                       n_patches: int, seq: int, kind: str = "label", adopted_from: int | None = None) -> None:
+    """Insert one version; when `make_head`, it becomes its annotator's head (kind label) or the trace's
+    consensus head (kind consensus). The caller refreshes the denormalised heads (`_refresh_heads`)."""
     a.check_fits(n_revisits, n_steps, n_patches)
+    annotator_id = _annotator_id(s, a.annotator)
     s.execute(AnnotationRow.__table__.insert().values(
-        trace_id=trace_id, version=version, annotator_id=_annotator_id(s, a.annotator), created_at=created_at,
+        trace_id=trace_id, version=version, annotator_id=annotator_id, created_at=created_at,
         verdict=a.verdict, answer_correct=a.answer_correct, note=a.note, payload=a.payload(), based_on=based_on,
-        conflict=conflict,
+        conflict=conflict, kind=kind, adopted_from=adopted_from,
     ))
     values: dict[str, Any] = {"ann_seq": seq}
-    if make_head:
-        values.update(ann_version=version, verdict=a.verdict, annotator=a.annotator,
-                      has_corrections=a.has_corrections)
-        s.execute(delete(TraceTagRow).where(TraceTagRow.trace_id == trace_id, TraceTagRow.from_annotation.is_(True)))
-        if a.tags:
-            s.execute(TraceTagRow.__table__.insert(),
-                      [dict(trace_id=trace_id, tag=t, from_annotation=True) for t in a.tags])
+    if make_head and kind == "consensus":
+        values["consensus_version"] = version
+    elif make_head:
+        n = s.execute(update(AnnotationHeadRow).where(AnnotationHeadRow.trace_id == trace_id,
+                                                      AnnotationHeadRow.annotator_id == annotator_id)
+                      .values(version=version, updated_at=created_at)).rowcount
+        if not n:
+            s.execute(AnnotationHeadRow.__table__.insert().values(trace_id=trace_id, annotator_id=annotator_id,
+                                                                  version=version, updated_at=created_at))
     s.execute(update(TraceRow).where(TraceRow.id == trace_id).values(**values))
+
+
+def _head_records(s: Session, trace_ids: Sequence[str]) -> dict[str, TraceHeads]:
+    """{trace id: its heads} (annotators' own heads and the consensus head) in two queries."""
+    out = {t: TraceHeads(trace_id=t) for t in trace_ids}
+    if not out:
+        return out
+    ids = list(out)
+    own = _records(s, and_(AnnotationRow.trace_id.in_(ids), exists().where(
+        AnnotationHeadRow.trace_id == AnnotationRow.trace_id,
+        AnnotationHeadRow.annotator_id == AnnotationRow.annotator_id,
+        AnnotationHeadRow.version == AnnotationRow.version)))
+    for rec in own:
+        out[rec.trace_id].annotators[rec.annotator] = rec
+    cons = _records(s, and_(AnnotationRow.trace_id.in_(ids), exists().where(
+        TraceRow.id == AnnotationRow.trace_id, TraceRow.consensus_version == AnnotationRow.version,
+        TraceRow.consensus_version > 0)))
+    for rec in cons:
+        out[rec.trace_id].consensus = rec
+    return out
+
+
+def _refresh_heads(s: Session, trace_id: str) -> None:
+    """Recompute a trace's denormalised head columns and annotation tags from its heads (same transaction)."""
+    heads = _head_records(s, [trace_id])[trace_id]
+    state, chosen = resolve_export_head(heads.annotators, heads.consensus)
+    a = chosen.annotation if chosen is not None else None
+    s.execute(update(TraceRow).where(TraceRow.id == trace_id).values(
+        ann_version=chosen.version if chosen else 0, verdict=a.verdict if a else None,
+        annotator=a.annotator if a else None, has_corrections=bool(a and a.has_corrections),
+        n_annotators=len(heads.annotators), ann_state=state))
+    s.execute(delete(TraceTagRow).where(TraceTagRow.trace_id == trace_id, TraceTagRow.from_annotation.is_(True)))
+    recs = [*heads.annotators.values(), *([heads.consensus] if heads.consensus else [])]
+    tags = sorted({t for rec in recs for t in rec.annotation.tags})
+    if tags:
+        s.execute(TraceTagRow.__table__.insert(), [dict(trace_id=trace_id, tag=t, from_annotation=True) for t in tags])
+
+
+def _records(s: Session, where: Any) -> list[AnnotationRecord]:
+    q = select(AnnotationRow, AnnotatorRow.name).join(AnnotatorRow, AnnotatorRow.id == AnnotationRow.annotator_id)
+    q = q.where(where).order_by(AnnotationRow.trace_id, AnnotationRow.version)
+    out = []
+    for r, name in s.execute(q):
+        p = r.payload or {}
+        a = Annotation.from_dict({"annotator": name, "verdict": r.verdict, "answer_correct": r.answer_correct,
+                                  "note": r.note, **p})
+        out.append(AnnotationRecord(trace_id=r.trace_id, version=r.version, created_at=r.created_at, annotation=a,
+                                    based_on=r.based_on, conflict=bool(r.conflict), kind=r.kind or "label",
+                                    adopted_from=r.adopted_from))
+    return out
 
 
 def _summary(r: Any) -> TraceSummary:
@@ -118,7 +198,8 @@ def _summary(r: Any) -> TraceSummary:
         image_sha256=r.image_sha256, image_size=(r.image_w, r.image_h), n_steps=r.n_steps, n_revisits=r.n_revisits,
         source=r.source, parent_id=r.parent_id, branch_step=r.branch_step, tags=list(r.tags or []),
         annotation_version=r.ann_version, verdict=r.verdict, annotator=r.annotator,
-        has_corrections=bool(r.has_corrections),
+        has_corrections=bool(r.has_corrections), n_annotators=int(r.n_annotators or 0),
+        consensus_version=int(r.consensus_version or 0), annotation_state=r.ann_state or "none",
     )
 
 
@@ -404,7 +485,9 @@ class Store:
                 verdict: str | Sequence[str] | None = None, model: str | None = None, tag: str | None = None,
                 search: str | None = None, source: str | None = None, parent_id: str | None = None,
                 image_sha256: str | None = None, annotator: str | None = None, has_corrections: bool | None = None,
-                trace_ids: Sequence[str] | None = None, include_deleted: bool = False) -> Any:
+                trace_ids: Sequence[str] | None = None, include_deleted: bool = False,
+                labelled_by: str | None = None, not_labelled_by: str | None = None,
+                n_annotators: int | None = None, annotation_state: str | Sequence[str] | None = None) -> Any:
         conds = []
         texts = [v for v in (model, tag, search, source, parent_id, image_sha256, annotator) if isinstance(v, str)]
         if any("\x00" in v for v in texts) or any("\x00" in str(v) for v in (trace_ids or ())):
@@ -418,7 +501,8 @@ class Store:
                 raise ValueError(f"unknown status {bad[0]!r}; one of {', '.join(STATUSES)}")
             conds.append(TraceRow.status.in_(st))
         if annotated is not None:
-            conds.append(TraceRow.ann_version > 0 if annotated else TraceRow.ann_version == 0)
+            labelled = or_(TraceRow.n_annotators > 0, TraceRow.consensus_version > 0)
+            conds.append(labelled if annotated else ~labelled)
         vd = _as_list(verdict)
         if vd is not None:
             bad = [v for v in vd if v not in VERDICTS]
@@ -444,15 +528,32 @@ class Store:
             conds.append(TraceRow.has_corrections.is_(bool(has_corrections)))
         if trace_ids is not None:
             conds.append(TraceRow.id.in_(list(trace_ids)))
+        for name, want in ((labelled_by, True), (not_labelled_by, False)):
+            if name:
+                has = exists().where(AnnotationHeadRow.trace_id == TraceRow.id,
+                                     AnnotationHeadRow.annotator_id == AnnotatorRow.id,
+                                     AnnotatorRow.name == str(name).strip())
+                conds.append(has if want else ~has)
+        if n_annotators is not None:
+            conds.append(TraceRow.n_annotators == int(n_annotators))
+        states = _as_list(annotation_state)
+        if states is not None:
+            bad = [v for v in states if v not in ANN_STATES]
+            if bad:
+                raise ValueError(f"unknown annotation state {bad[0]!r}; one of {', '.join(ANN_STATES)}")
+            conds.append(TraceRow.ann_state.in_(states))
         return q.where(and_(*conds)) if conds else q
 
     def list_traces(self, *, limit: int | None = 100, offset: int = 0, order: str = "newest",
                     **filters: Any) -> list[TraceSummary]:
         """Trace summaries, newest first. Filters (all optional, combined with AND): `status` (one or a list),
-        `annotated` (bool), `verdict` (current annotation's, one or a list), `model`, `tag` (trace or
-        annotation tag), `search` (case-insensitive substring of question or output; wildcards are literal),
-        `source`, `parent_id`, `image_sha256`, `annotator` (of the current annotation), `has_corrections`,
-        `trace_ids`, `include_deleted`. Paging with `limit`/`offset`; `order` is 'newest' or 'oldest'."""
+        `annotated` (bool: someone holds a head, or a reviewer ruled), `verdict` (of the head an export uses,
+        one or a list), `model`, `tag` (trace or annotation tag), `search` (case-insensitive substring of
+        question or output; wildcards are literal), `source`, `parent_id`, `image_sha256`, `annotator` (of the
+        head an export uses), `has_corrections`, `trace_ids`, `include_deleted`, `labelled_by` /
+        `not_labelled_by` (a name: that annotator holds / does not hold a head on the trace), `n_annotators`
+        (exactly this many annotators hold a head; 1 = "needs a second annotator"), `annotation_state` (none,
+        single, agree, disagree, consensus). Paging with `limit`/`offset`; `order` is 'newest' or 'oldest'."""
         if order not in ("newest", "oldest"):
             raise ValueError("order must be 'newest' or 'oldest'")
         if "text" in filters:  # alias
@@ -495,75 +596,161 @@ class Store:
             return [Annotator(name=r.name, role=r.role, created_at=r.created_at)
                     for r in s.scalars(select(AnnotatorRow).order_by(AnnotatorRow.name))]
 
-    def _require_reviewer(self, s: Session, name: str) -> None:
+    def _require_reviewer(self, s: Session, name: str, action: str = "delete or restore traces") -> None:
         role = s.scalar(select(AnnotatorRow.role).where(AnnotatorRow.name == (name or "").strip()))
         if role != "reviewer":
             who = f"{name!r} is an annotator" if role else f"{name!r} is not a known annotator"
-            raise PermissionDenied(f"only reviewers may delete or restore traces; {who}")
+            raise PermissionDenied(f"only reviewers may {action}; {who}")
 
     # ------------------------------------------------------------------ annotations
     def save_annotation(self, trace_id: str, annotation: Annotation | Mapping[str, Any],
-                        expected_version: int | None = None) -> int:
-        """Save a new version of the trace's annotation; returns its version number (1, 2, …).
+                        expected_version: int | None = None, *, expected_consensus: int | None = None) -> int:
+        """Save a new version of the annotator's own label on the trace; returns its version number (versions
+        are numbered per trace: 1, 2, … across everybody).
 
-        Nothing is overwritten. `expected_version` is the version the annotator loaded (0 = none yet): if
-        someone saved since, the save is still stored — as a *conflict* version in the history — and
-        `AnnotationConflict` is raised; the current annotation does not change. `None` skips the check.
+        Each annotator has their own head per trace: this save moves `annotation.annotator`'s head and nobody
+        else's. `expected_version` is the version of *your own* head you loaded (0 = you had none; see
+        `annotation_view`): if your head moved since (you saved from another tab), the save is still stored —
+        as a *conflict* version in the history — and `AnnotationConflict` (stream 'own') is raised; the head
+        does not change. `expected_consensus`, the consensus version you loaded, makes a *revision* of your
+        label (expected_version > 0) conflict the same way (stream 'consensus') when a reviewer adjudicated
+        since. `None` skips a check. An incomplete annotation (no verdict, `wrong_region` without a corrected
+        region, an added revisit without a region) raises `IncompleteAnnotation` and stores nothing.
         """
-        a = copy.deepcopy(Annotation.from_dict(annotation)).validate()
-        if expected_version is not None and (isinstance(expected_version, bool) or not isinstance(expected_version, int)
-                                             or expected_version < 0):
-            raise ValueError(f"expected_version must be a version number ≥ 0 or None, got {expected_version!r}")
+        a = self._checked(annotation, expected_version, "expected_version")
+        if expected_consensus is not None:
+            self._checked_version(expected_consensus, "expected_consensus")
         with self._write() as s:
             row = self._visible_trace(s, trace_id, lock=True)
+            a.check_fits(row.n_revisits, row.n_steps, row.grid_rows * row.grid_cols)
+            a.check_complete()
             version = row.ann_seq + 1
-            current, current_by = row.ann_version, row.annotator
-            conflict = expected_version is not None and expected_version != current
+            own = s.scalar(select(AnnotationHeadRow.version).join(
+                AnnotatorRow, AnnotatorRow.id == AnnotationHeadRow.annotator_id).where(
+                AnnotationHeadRow.trace_id == row.id, AnnotatorRow.name == a.annotator)) or 0
+            error: AnnotationConflict | None = None
+            if expected_version is not None and expected_version != own:
+                error = AnnotationConflict(str(trace_id), int(expected_version), own, version, a.annotator, "own")
+            elif (expected_consensus is not None and expected_version and row.consensus_version != expected_consensus):
+                error = AnnotationConflict(str(trace_id), int(expected_consensus), row.consensus_version, version,
+                                           self._name_of_version(s, row.id, row.consensus_version), "consensus")
             _insert_annotation(s, row.id, a, version=version, created_at=now_iso(), based_on=expected_version,
-                                    conflict=conflict, make_head=not conflict, n_revisits=row.n_revisits,
-                                    n_steps=row.n_steps, n_patches=row.grid_rows * row.grid_cols, seq=version)
-        if conflict:
-            raise AnnotationConflict(str(trace_id), int(expected_version), current, version, current_by)
+                               conflict=error is not None, make_head=error is None, n_revisits=row.n_revisits,
+                               n_steps=row.n_steps, n_patches=row.grid_rows * row.grid_cols, seq=version)
+            _refresh_heads(s, row.id)
+        if error is not None:
+            raise error
         return version
 
-    def _records(self, s: Session, where: Any, head_only: bool = False) -> list[AnnotationRecord]:
-        q = select(AnnotationRow, AnnotatorRow.name).join(AnnotatorRow, AnnotatorRow.id == AnnotationRow.annotator_id)
-        if head_only:
-            q = q.join(TraceRow, and_(TraceRow.id == AnnotationRow.trace_id,
-                                      TraceRow.ann_version == AnnotationRow.version))
-        q = q.where(where).order_by(AnnotationRow.trace_id, AnnotationRow.version)
-        out = []
-        for r, name in s.execute(q):
-            p = r.payload or {}
-            a = Annotation.from_dict({"annotator": name, "verdict": r.verdict, "answer_correct": r.answer_correct,
-                                      "note": r.note, **p})
-            out.append(AnnotationRecord(trace_id=r.trace_id, version=r.version, created_at=r.created_at, annotation=a,
-                                        based_on=r.based_on, conflict=bool(r.conflict)))
-        return out
+    def save_consensus(self, trace_id: str, annotation: Annotation | Mapping[str, Any], *, by: str,
+                       expected_version: int | None = None, adopted_from: int | None = None) -> int:
+        """A reviewer's ruling: a new version that becomes the trace's *consensus* head (what exports use),
+        saved under the reviewer's name `by` (`PermissionDenied` for anyone else). Annotators' own heads do not
+        change and agreement figures leave it out. `expected_version` is the consensus version the reviewer
+        loaded (0 = none): a stale one is kept as a conflict version and raises `AnnotationConflict`
+        (stream 'consensus'). Incomplete annotations raise `IncompleteAnnotation`."""
+        d = Annotation.from_dict(annotation).to_dict()
+        d["annotator"] = by
+        a = self._checked(d, expected_version, "expected_version")
+        with self._write() as s:
+            self._require_reviewer(s, by, "adjudicate")
+            row = self._visible_trace(s, trace_id, lock=True)
+            a.check_fits(row.n_revisits, row.n_steps, row.grid_rows * row.grid_cols)
+            a.check_complete()
+            version = row.ann_seq + 1
+            current = row.consensus_version
+            error = None
+            if expected_version is not None and expected_version != current:
+                error = AnnotationConflict(str(trace_id), int(expected_version), current, version,
+                                           self._name_of_version(s, row.id, current), "consensus")
+            _insert_annotation(s, row.id, a, version=version, created_at=now_iso(), based_on=expected_version,
+                               conflict=error is not None, make_head=error is None, n_revisits=row.n_revisits,
+                               n_steps=row.n_steps, n_patches=row.grid_rows * row.grid_cols, seq=version,
+                               kind="consensus", adopted_from=adopted_from)
+            _refresh_heads(s, row.id)
+        if error is not None:
+            raise error
+        return version
 
-    def annotation_history(self, trace_id: str) -> list[AnnotationRecord]:
-        """Every saved version, oldest first (conflict versions included and marked)."""
+    def adopt_consensus(self, trace_id: str, annotator: str, *, by: str, expected_version: int | None = None) -> int:
+        """Make `annotator`'s own head the trace's consensus: a consensus version by reviewer `by` with the
+        same content, `adopted_from` = the adopted version. KeyError when that annotator has no head here."""
+        with self._read() as s:
+            heads = _head_records(s, [str(trace_id)])[str(trace_id)]
+        rec = heads.annotators.get((annotator or "").strip())
+        if rec is None:
+            raise KeyError(f"{annotator!r} has no label on trace {trace_id} to adopt")
+        return self.save_consensus(trace_id, rec.annotation, by=by, expected_version=expected_version,
+                                   adopted_from=rec.version)
+
+    def annotation_view(self, trace_id: str, annotator: str, *, show_others: bool = False) -> AnnotationView:
+        """What `annotator` may see of the trace's labels. Blind by default: only their own head (and its
+        version, to pass as `expected_version`), the consensus *version* number and the number of annotators.
+        `show_others=True` (reviewers only, else `PermissionDenied`) adds every other annotator's head and the
+        consensus head."""
+        name = (annotator or "").strip()
+        with self._read() as s:
+            row = self._visible_trace(s, trace_id)
+            if show_others:
+                self._require_reviewer(s, name, "see other annotators' labels")
+            heads = _head_records(s, [row.id])[row.id]
+        own = heads.annotators.get(name)
+        view = AnnotationView(trace_id=row.id, annotator=name, own=own, own_version=own.version if own else 0,
+                              consensus_version=int(row.consensus_version or 0),
+                              n_annotators=len(heads.annotators), shows_others=show_others)
+        if show_others:
+            view.others = {n: r for n, r in sorted(heads.annotators.items()) if n != name}
+            view.consensus = heads.consensus
+        return view
+
+    @staticmethod
+    def _checked_version(v: Any, what: str) -> None:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{what} must be a version number ≥ 0 or None, got {v!r}")
+
+    def _checked(self, annotation: Annotation | Mapping[str, Any], expected: int | None, what: str) -> Annotation:
+        a = copy.deepcopy(Annotation.from_dict(annotation)).validate()
+        if expected is not None:
+            self._checked_version(expected, what)
+        return a
+
+    @staticmethod
+    def _name_of_version(s: Session, trace_id: str, version: int) -> str | None:
+        if not version:
+            return None
+        return s.scalar(select(AnnotatorRow.name).join(AnnotationRow, AnnotationRow.annotator_id == AnnotatorRow.id)
+                        .where(AnnotationRow.trace_id == trace_id, AnnotationRow.version == version))
+
+    def annotation_history(self, trace_id: str, annotator: str | None = None) -> list[AnnotationRecord]:
+        """Every saved version, oldest first (conflict and consensus versions included and marked); only
+        `annotator`'s own stream when given."""
         with self._read() as s:
             self._visible_trace(s, trace_id)
-            return self._records(s, AnnotationRow.trace_id == trace_id)
+            where = AnnotationRow.trace_id == trace_id
+            if annotator is not None:
+                where = and_(where, AnnotationRow.annotator_id == AnnotatorRow.id,
+                             AnnotatorRow.name == annotator.strip(), AnnotationRow.kind == "label")
+            return _records(s, where)
 
     def get_annotation(self, trace_id: str, version: int | None = None) -> AnnotationRecord | None:
-        """The current annotation (or a given version); None when the trace has none."""
+        """The head an export uses (`export_heads`' rule; None when nobody labelled it or the annotators
+        disagree and no reviewer ruled), or a given version."""
         with self._read() as s:
             row = self._visible_trace(s, trace_id)
             v = row.ann_version if version is None else int(version)
             if v <= 0:
                 return None
-            recs = self._records(s, and_(AnnotationRow.trace_id == trace_id, AnnotationRow.version == v))
+            recs = _records(s, and_(AnnotationRow.trace_id == trace_id, AnnotationRow.version == v))
         return recs[0] if recs else None
 
     def current_annotations(self, trace_ids: Sequence[str]) -> dict[str, AnnotationRecord]:
-        """The current annotation of each of these traces that has one."""
+        """The head an export uses, for each of these traces that has one (see `export_heads`)."""
         ids = list(trace_ids)
         if not ids:
             return {}
         with self._read() as s:
-            recs = self._records(s, AnnotationRow.trace_id.in_(ids), head_only=True)
+            recs = _records(s, and_(AnnotationRow.trace_id.in_(ids), exists().where(
+                TraceRow.id == AnnotationRow.trace_id, TraceRow.ann_version == AnnotationRow.version)))
         return {r.trace_id: r for r in recs}
 
     # ------------------------------------------------------------------ bulk reads (export, agreement, …)
@@ -603,8 +790,29 @@ class Store:
         if not trace_ids:
             return out
         with self._read() as s:
-            for rec in self._records(s, AnnotationRow.trace_id.in_(list(trace_ids))):
+            for rec in _records(s, AnnotationRow.trace_id.in_(list(trace_ids))):
                 out[rec.trace_id].append(rec)
+        return out
+
+    def heads_by_trace(self, trace_ids: Sequence[str]) -> dict[str, TraceHeads]:
+        """{trace id: `TraceHeads`} — each annotator's own head and the consensus head — in two queries
+        (agreement compares the annotators' heads; no version other than a head is read)."""
+        with self._read() as s:
+            return _head_records(s, list(dict.fromkeys(trace_ids)))
+
+    def export_heads(self, trace_ids: Sequence[str]) -> dict[str, ExportHead]:
+        """{trace id: `ExportHead`}: which annotation an export uses for each trace. The rule (docs/STORAGE.md):
+        the consensus head where a reviewer adjudicated; else the only annotator's head; else the newest head
+        when every annotator's head has the same training content (verdict, answer, revisit labels and
+        regions, added revisits); else none, with the reason "annotators disagree — adjudicate in Review".
+        A trace nobody labelled gets `reason` "not annotated"."""
+        out = {}
+        for tid, heads in self.heads_by_trace(trace_ids).items():
+            state, rec = resolve_export_head(heads.annotators, heads.consensus)
+            if rec is not None:
+                out[tid] = ExportHead(tid, rec, STATE_RULES[state])
+            else:
+                out[tid] = ExportHead(tid, None, None, UNRESOLVED if state == "disagree" else "not annotated")
         return out
 
     def traces_for_rows(self, rows: Sequence[TraceRow]) -> list[Trace]:
@@ -617,6 +825,24 @@ class Store:
                                .order_by(TraceChunkRow.trace_id, TraceChunkRow.chunk)):
                 chunks[c.trace_id].append(c)
         return [decode_trace(r, chunks[r.id]) for r in rows]
+
+    def step_stats(self, trace_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """{trace id: {"entropy": [...], "p_copy": [...], "is_copy": [...], "n_patches": int}} for these traces:
+        each step's pointer entropy (nats), p_copy and whether it copied, read from the step JSON without
+        decoding pointers (what the annotation queue's uncertainty score is made of)."""
+        ids = list(dict.fromkeys(trace_ids))
+        if not ids:
+            return {}
+        with self._read() as s:
+            grids = {r.id: r.grid_rows * r.grid_cols for r in s.execute(
+                select(TraceRow.id, TraceRow.grid_rows, TraceRow.grid_cols).where(TraceRow.id.in_(ids)))}
+            chunks: dict[str, list[str]] = {t: [] for t in grids}
+            for c in s.execute(select(TraceChunkRow.trace_id, TraceChunkRow.steps_json)
+                               .where(TraceChunkRow.trace_id.in_(ids))
+                               .order_by(TraceChunkRow.trace_id, TraceChunkRow.chunk)):
+                chunks[c.trace_id].append(c.steps_json)
+        return {t: {**step_columns(chunks[t], ("entropy", "p_copy", "is_copy")), "n_patches": n}
+                for t, n in grids.items()}
 
     def step_texts(self, trace_id: str) -> list[str]:
         """The text of each step of a trace (no pointers decoded): where each step starts in `output_text`."""
@@ -672,15 +898,18 @@ class Transaction:
             s.execute(TraceTagRow.__table__.insert(),
                       [dict(trace_id=tid, tag=t, from_annotation=False) for t in p.tags])
         if p.annotations and outcome == "inserted":
-            for rec in p.annotations:
+            for rec in sorted(p.annotations, key=lambda r: r.version):
                 _insert_annotation(s, tid, rec.annotation, version=rec.version, created_at=rec.created_at,
-                                        based_on=rec.based_on, conflict=rec.conflict, make_head=not rec.conflict,
-                                        n_revisits=p.row["n_revisits"], n_steps=p.row["n_steps"],
-                                        n_patches=p.row["grid_rows"] * p.row["grid_cols"], seq=rec.version)
+                                   based_on=rec.based_on, conflict=rec.conflict, make_head=not rec.conflict,
+                                   n_revisits=p.row["n_revisits"], n_steps=p.row["n_steps"],
+                                   n_patches=p.row["grid_rows"] * p.row["grid_cols"], seq=rec.version,
+                                   kind=rec.kind, adopted_from=rec.adopted_from)
+            _refresh_heads(s, tid)
         return outcome
 
 
 __all__ = [
+    "ANN_STATES",
     "AnnotationConflict",
     "ImageNotFound",
     "PermissionDenied",

@@ -23,12 +23,19 @@ def test_library_table_filters_and_search(app_env):
     b = build_synthetic_trace(app_env, key="scene-1", question="Second question?")
     app_env.save_annotation(a.trace_id, Annotation(annotator="ana", verdict="correct", tags=["batch-1"]),
                             expected_version=0)
-    app_env.save_annotation(a.trace_id, Annotation(annotator="rita", verdict="incorrect"), expected_version=1)
+    app_env.save_annotation(a.trace_id, Annotation(annotator="rita", verdict="incorrect"), expected_version=0)
     at = open_page("pages/library.py")
     df = table(at)
     assert set(df["trace"]) == {a.trace_id, b.trace_id}
     row = df[df["trace"] == a.trace_id].iloc[0]
-    assert row["verdict"] == "incorrect" and row["annotators"] == "ana, rita" and row["revisits"] == 2
+    # two independent labels that disagree: no verdict to export until a reviewer rules
+    assert row["verdict"] == "" and row["labels"] == "disagree" and row["annotators"] == "ana, rita"
+    assert row["revisits"] == 2
+    app_env.add_annotator("rev", role="reviewer")
+    app_env.adopt_consensus(a.trace_id, "rita", by="rev")
+    at.run()
+    row = table(at)[table(at)["trace"] == a.trace_id].iloc[0]
+    assert row["verdict"] == "incorrect" and row["labels"] == "consensus" and row["annotators"] == "ana, rita"
     assert row["status"] == "complete" and row["model"] == "synthetic"
     at.text_input(key="lib_search").set_value("second").run()
     no_exceptions(at)

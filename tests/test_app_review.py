@@ -49,7 +49,10 @@ def test_disagreements_side_by_side_and_reviewer_adopts(synthetic_trace, app_env
     assert any("adopted" in s.value for s in at.success)
     head = app_env.get_annotation(tid)
     assert head.annotation.annotator == "rita" and head.annotation.verdict == "incorrect"
-    assert "adjudicated" in head.annotation.tags and head.annotation.label_for(0).corrected_patches == [2, 3]
+    assert head.is_consensus and head.annotation.label_for(0).corrected_patches == [2, 3]
+    assert app_env.export_heads([tid])[tid].rule == "consensus"
+    heads = app_env.heads_by_trace([tid])[tid]
+    assert sorted(heads.annotators) == ["ana", "bo"] and heads.consensus.adopted_from == 2
     assert any("No trace has disagreeing annotators" in s.value for s in at.success)
     assert {m.label: m.value for m in at.metric}["Annotators"] == "2"  # the ruling is not a third judgement
 

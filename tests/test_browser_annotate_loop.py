@@ -1,9 +1,11 @@
 """Real browser, the annotation loop end to end: two annotators in two browser contexts on one server.
 
-ana corrects a revisit by box-selecting patches on the grid and saves; bo, who loaded the trace before that
-save, saves too and hits the conflict; bo takes ana's version, adds a note, saves; the Review page shows the
-disagreement that remains; the v1g JSONL downloaded from the Export page carries the corrected region, whose
-copy ids (`PatchGrid.bbox_to_patches` of the exported box) are exactly the selected patches.
+ana and bo label the same trace blind, verdicts and revisit labels with keys only (ana corrects a revisit's
+region by box-selecting patches on the grid); each keeps their own head and neither sees the other's label;
+a second tab of ana's hits a conflict on her own head and sees a diff table; kappa counts both; the reviewer
+rita adopts ana's label as the consensus on the Review page; the v1g JSONL downloaded from the Export page
+carries the consensus, whose copy ids (`PatchGrid.bbox_to_patches` of the exported box) are exactly the
+selected patches.
 """
 
 from __future__ import annotations
@@ -82,88 +84,110 @@ def box_select(pg, key: str, trace, top_left: tuple[int, int], bottom_right: tup
     return sorted(r * cols + c for r in range(r0, r1 + 1) for c in range(c0, c1 + 1))
 
 
-def test_annotate_correct_conflict_resolve_review_export(server, browser, tmp_path):
+def keys(pg, *presses: str) -> None:
+    """Press keys on the page (nothing focused: the shortcuts act on the form), waiting for each rerun."""
+    pg.evaluate("() => document.activeElement && document.activeElement.blur()")
+    for k in presses:
+        pg.keyboard.press(k)
+        wait_idle(pg)
+
+
+def checked(pg, key: str) -> str | None:
+    """The label of the checked option of a keyed st.radio, or None."""
+    loc = pg.locator(f".st-key-{key} label:has(input:checked)")
+    return loc.first.inner_text().strip() if loc.count() else None
+
+
+def test_two_annotators_blind_keys_only_consensus_export(server, browser, tmp_path):
+    from storage.agreement import compute_agreement
+
     store, trace = server["store"], server["synthetic"]
     tid = trace.trace_id
     url = f"{server['url']}/annotate?trace={tid}"
     ctx_b, bo, errors_b = new_page(browser)
     ctx_a, ana, errors_a = new_page(browser)
+    ctx_a2, ana2, errors_a2 = new_page(browser)
+    ctx_r, rita, errors_r = new_page(browser)
     try:
-        # bo opens the trace first (his form is based on "no annotation yet")
-        sign_in(bo, url, "bo")
-        # ana labels it: verdict, the first revisit looked at the wrong place → select the right patches
+        sign_in(ana2, url, "ana")  # ana's second tab, loaded before any label
         sign_in(ana, url, "ana")
-        pick(ana, "verdict", "incorrect")
-        pick(ana, "rv_label_0", "wrong_region")
-        wanted = box_select(ana, "rv_pick_0", trace, (4, 4), (5, 6))
+        ana.wait_for_selector("text=Keyboard shortcuts")
+        # ana: verdict incorrect (2), answer no (n), R1 wrong region (w) — keys only
+        keys(ana, "2", "n", "w")
+        assert (checked(ana, "verdict"), checked(ana, "answer_correct"), checked(ana, "rv_label_0")) == \
+            ("incorrect", "no", "wrong_region")
+        wanted = box_select(ana, "rv_pick_0", trace, (4, 4), (5, 6))  # the region: drawn on the image
         caption = " ".join(f"<|copy_{k}|>" for k in wanted)
         ana.wait_for_selector(f"text=corrected region {caption}")
-        shot(ana, "10_annotate_corrected_region.png")
-        button(ana, "save_annotation").click()
+        keys(ana, "]", "u")  # R2: unnecessary
+        assert checked(ana, "rv_label_1") == "unnecessary"
+        shot(ana, "10_annotate_keys.png")
+        keys(ana, "Control+Enter")
         ana.wait_for_selector("text=Saved version 1")
-        wait_idle(ana)
-        head = store.get_annotation(tid)
-        assert head.version == 1 and head.annotation.annotator == "ana"
-        assert head.annotation.label_for(0).corrected_patches == wanted
 
-        # bo saves on top of a version he never saw → conflict, nothing lost
-        pick(bo, "verdict", "unsure")
-        note_and_save(bo, "bo: not sure about R1")
-        bo.wait_for_selector("text=Someone else (ana) saved version 1")
-        wait_idle(bo)
-        shot(bo, "11_annotate_conflict.png")
-        hist = store.annotation_history(tid)
-        assert [(r.version, r.annotation.annotator, r.conflict) for r in hist] == [(1, "ana", False), (2, "bo", True)]
-        assert store.get_annotation(tid).version == 1
+        # bo opens the same trace: nothing of ana's is shown; he labels it differently, keys only
+        sign_in(bo, url, "bo")
+        assert checked(bo, "verdict") is None and checked(bo, "rv_label_0") == "—"
+        assert "wrong_region" not in bo.inner_text(".st-key-rv_label_0 label:has(input:checked)")
+        keys(bo, "1", "y", "c", "]", "c", "Control+Enter")
+        bo.wait_for_selector("text=Saved version 2")  # ana's save is no conflict for bo
+        assert not bo.locator("text=moved to version").count()
+        heads = store.heads_by_trace([tid])[tid].annotators
+        assert {n: (r.version, r.annotation.verdict) for n, r in heads.items()} == {
+            "ana": (1, "incorrect"), "bo": (2, "correct")}
+        assert heads["ana"].annotation.label_for(0).corrected_patches == wanted
+        assert [lab.label for lab in heads["bo"].annotation.revisit_labels] == ["correct", "correct"]
 
-        # meanwhile the review page (reached through the app's navigation: ana stays signed in) shows both
-        nav(ana, "Review")
-        ana.wait_for_selector(".st-key-rev_adopt_ana button")
-        wait_idle(ana)
-        body = ana.inner_text("body")
-        assert "Disagreements (1)" in body and "verdict incorrect" in body and "verdict unsure" in body
-        assert "bo: not sure about R1" in body
-        assert ana.locator(".st-key-rev_adopt_ana button").is_disabled()  # ana is not a reviewer
-        shot(ana, "12_review_disagreement.png")
+        # ana's stale second tab: a conflict on her own head, shown as a diff table
+        keys(ana2, "3", "Control+Enter")
+        ana2.wait_for_selector("text=Your own label on this trace moved to version 1")
+        wait_idle(ana2)
+        diff = ana2.inner_text(".st-key-ann_conflict")
+        assert "verdict" in diff and "unsure" in diff and "incorrect" in diff and "{" not in diff
+        shot(ana2, "11_annotate_conflict_diff.png")
+        assert store.heads_by_trace([tid])[tid].annotators["ana"].version == 1  # her head did not move
+        button(ana2, "take_theirs").click()
+        ana2.wait_for_selector("text=Loaded version 1")
+        wait_idle(ana2)
+        assert checked(ana2, "verdict") == "incorrect"
 
-        # bo resolves: take ana's version (her region), add his note, save on top of it
-        button(bo, "take_theirs").click()
-        bo.wait_for_selector("text=Loaded version 1")
-        wait_idle(bo)
-        assert bo.locator(".st-key-verdict input[type=radio]:checked").count() == 1
-        bo.wait_for_selector(f"text=corrected region {caption}")
-        note_and_save(bo, "bo: agree with ana's region")
-        bo.wait_for_selector("text=Saved version 3")
-        wait_idle(bo)
-        head = store.get_annotation(tid)
-        assert (head.version, head.annotation.annotator, head.annotation.verdict) == (3, "bo", "incorrect")
-        assert head.annotation.label_for(0).corrected_patches == wanted
-        assert head.annotation.note == "bo: agree with ana's region"
+        # kappa counts both annotators' own heads
+        pair = next(p for p in compute_agreement(store)["pairs"] if p["annotators"] == ("ana", "bo"))
+        assert pair["traces"] >= 1 and pair["verdict_pairs"] >= 1
 
-        # now they agree on the verdict and the region
-        nav(ana, "Annotate")
-        nav(ana, "Review")
-        ana.wait_for_selector("text=No trace has disagreeing annotators")
-        assert ana.locator(".st-key-annotator input").input_value() == "ana"
-        shot(ana, "13_review_agreed.png")
+        # the reviewer adjudicates on the Review page: ana's label becomes the consensus
+        store.add_annotator("rita", role="reviewer")
+        sign_in(rita, f"{server['url']}/annotate?trace={tid}", "rita")
+        nav(rita, "Review")
+        rita.wait_for_selector(".st-key-rev_adopt_ana button")
+        wait_idle(rita)
+        body = rita.inner_text("body")
+        assert "verdict incorrect" in body and "verdict correct" in body
+        shot(rita, "12_review_disagreement.png")
+        button(rita, "rev_adopt_ana").click()
+        rita.wait_for_selector("text=adopted as the consensus")
+        wait_idle(rita)
+        head = store.export_heads([tid])[tid]
+        assert (head.rule, head.record.annotator, head.record.adopted_from) == ("consensus", "rita", 1)
+        assert sorted(store.heads_by_trace([tid])[tid].annotators) == ["ana", "bo"]
 
-        # export v1g JSONL from the browser and check the corrected copy ids
-        nav(ana, "Export")
-        ana.wait_for_selector(".st-key-export_v1g button")
-        wait_idle(ana)
-        shot(ana, "14_export.png")
-        with ana.expect_download() as dl:
-            button(ana, "export_v1g").click()
+        # export v1g JSONL from the browser: it carries the consensus
+        nav(rita, "Export")
+        rita.wait_for_selector(".st-key-export_v1g button")
+        wait_idle(rita)
+        shot(rita, "14_export.png")
+        with rita.expect_download() as dl:
+            button(rita, "export_v1g").click()
         path = tmp_path / "export.jsonl"
         dl.value.save_as(path)
     finally:
-        ctx_a.close()
-        ctx_b.close()
-    assert not errors_a and not errors_b, errors_a + errors_b
+        for c in (ctx_a, ctx_a2, ctx_b, ctx_r):
+            c.close()
+    assert not (errors_a or errors_a2 or errors_b or errors_r), errors_a + errors_a2 + errors_b + errors_r
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     (row,) = [r for r in rows if r["id"] == tid]
-    assert row["annotator"] == "bo" and row["annotation_version"] == 3 and row["verdict"] == "incorrect"
+    assert row["annotator"] == "rita" and row["annotation_version"] == 4 and row["verdict"] == "incorrect"
     from v1core.demo.targets import expand_v1g_row
     from v1core.demo.finetune import read_v1g_rows
     from v1core.geometry import PatchGrid

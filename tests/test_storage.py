@@ -210,24 +210,28 @@ def test_annotations_are_versioned_never_overwritten(store):
 
 
 def test_stale_expected_version_conflicts_and_keeps_both(store):
+    """A conflict is your own head moving (another tab); other annotators' saves never conflict with yours."""
     t = make_trace()
     store.save_trace(t)
     base = store.save_annotation(t.trace_id, Annotation(annotator="ana", verdict="correct"), expected_version=0)
-    store.save_annotation(t.trace_id, Annotation(annotator="bo", verdict="incorrect"), expected_version=base)
-    with pytest.raises(AnnotationConflict) as info:
+    store.save_annotation(t.trace_id, Annotation(annotator="bo", verdict="incorrect"), expected_version=0)
+    store.save_annotation(t.trace_id, Annotation(annotator="cy", verdict="unsure"), expected_version=0)
+    v = store.save_annotation(t.trace_id, Annotation(annotator="cy", verdict="correct"), expected_version=3)
+    assert v == 4
+    with pytest.raises(AnnotationConflict) as info:  # cy's second tab still had version 3
         store.save_annotation(t.trace_id, Annotation(annotator="cy", verdict="unsure", note="mine"),
-                              expected_version=base)
+                              expected_version=3)
     err = info.value
-    assert (err.expected_version, err.current_version, err.saved_version, err.current_annotator) == (1, 2, 3, "bo")
-    assert "version 3" in str(err)
+    assert (err.expected_version, err.current_version, err.saved_version, err.current_annotator) == (3, 4, 5, "cy")
+    assert "version 5" in str(err)
     hist = store.annotation_history(t.trace_id)
     assert [(h.version, h.annotator, h.conflict, h.based_on) for h in hist] == [
-        (1, "ana", False, 0), (2, "bo", False, 1), (3, "cy", True, 1)]
-    assert store.get_annotation(t.trace_id).annotator == "bo"  # the conflict did not become current
-    assert store.list_traces()[0].verdict == "incorrect"
-    v = store.save_annotation(t.trace_id, Annotation(annotator="cy", verdict="unsure"), expected_version=2)
-    assert v == 4 and store.get_annotation(t.trace_id).annotator == "cy"
-    assert store.save_annotation(t.trace_id, Annotation(annotator="dd", verdict="correct")) == 5  # no check
+        (1, "ana", False, 0), (2, "bo", False, 0), (3, "cy", False, 0), (4, "cy", False, 3), (5, "cy", True, 3)]
+    assert store.annotation_view(t.trace_id, "cy").own_version == 4  # the conflict did not become the head
+    assert store.annotation_view(t.trace_id, "ana").own_version == base
+    v = store.save_annotation(t.trace_id, Annotation(annotator="cy", verdict="unsure"), expected_version=4)
+    assert v == 6 and store.annotation_view(t.trace_id, "cy").own.annotation.verdict == "unsure"
+    assert store.save_annotation(t.trace_id, Annotation(annotator="dd", verdict="correct")) == 7  # no check
 
 
 @pytest.mark.parametrize("ann, message", [
@@ -355,7 +359,8 @@ def test_disagreements_list_what_a_reviewer_adjudicates(store):
     assert [d["trace_id"] for d in find_disagreements(store, min_iou=0.3)] == [b]
     assert find_disagreements(store, annotators=["ana"]) == []
     # a reviewer's adjudication settles b and is not counted as a third judgement
-    store.save_annotation(b, Annotation(annotator="rev", verdict="incorrect", tags=["adjudicated"]))
+    store.add_annotator("rev", role="reviewer")
+    store.save_consensus(b, Annotation(annotator="rev", verdict="incorrect"), by="rev")
     assert [d["trace_id"] for d in find_disagreements(store)] == [a]
     assert [d["settled"] for d in find_disagreements(store, include_settled=True)] == [True, False]
     assert compute_agreement(store)["annotators"] == ["ana", "bo"]

@@ -9,8 +9,10 @@ import base64
 import json
 
 import pytest
+import sqlalchemy as sa
 
-from storage import AddedRevisit, Annotation, AnnotationConflict, RevisitLabel
+from storage import AddedRevisit, Annotation, AnnotationConflict, AnnotationRecord, IncompleteAnnotation, RevisitLabel
+from storage.schema import TraceRow
 from storage.export import cells_box, export_hf, export_labelstudio, export_traces, export_v1g
 from storage.importer import import_path
 from tests.builders import COPY0, grid_for, make_trace, png_bytes
@@ -40,9 +42,9 @@ def test_traces_export_import_export_is_byte_identical(store, tmp_path):
     store.save_trace(make_trace(pointers=False, status="failed"))
     store.save_annotation(traces[0].trace_id, Annotation(annotator="ana", verdict="correct"))
     store.save_annotation(traces[0].trace_id, Annotation(annotator="bo", verdict="incorrect", revisit_labels=[
-        RevisitLabel(1, "wrong_region", corrected_box=(10.5, 20, 30, 40.25))]), expected_version=1)
-    with pytest.raises(AnnotationConflict):
-        store.save_annotation(traces[0].trace_id, Annotation(annotator="cy", verdict="unsure"), expected_version=1)
+        RevisitLabel(1, "wrong_region", corrected_box=(10.5, 20, 30, 40.25))]), expected_version=0)
+    with pytest.raises(AnnotationConflict):  # bo's second tab, loaded before his first save
+        store.save_annotation(traces[0].trace_id, Annotation(annotator="bo", verdict="unsure"), expected_version=0)
     first = tmp_path / "a" / "traces.jsonl"
     rep = export_traces(store, first, images="path")
     assert rep.rows == 4 and rep.images_written == 1 and (tmp_path / "a" / "images").is_dir()
@@ -55,8 +57,9 @@ def test_traces_export_import_export_is_byte_identical(store, tmp_path):
         assert imp.ok and imp.imported == 4, imp.errors
         hist = other.annotation_history(traces[0].trace_id)
         assert [(h.version, h.annotator, h.conflict) for h in hist] == [(1, "ana", False), (2, "bo", False),
-                                                                        (3, "cy", True)]
-        assert other.get_annotation(traces[0].trace_id).annotator == "bo"
+                                                                        (3, "bo", True)]
+        heads = other.heads_by_trace([traces[0].trace_id])[traces[0].trace_id].annotators
+        assert {n: r.version for n, r in heads.items()} == {"ana": 1, "bo": 2}  # the conflict is no head
         assert other.get_image_bytes(traces[0].image_sha256) == png_bytes()
         second = tmp_path / "a" / "traces2.jsonl"
         export_traces(other, second, images="path")
@@ -179,8 +182,20 @@ def test_v1g_export_skips_unfixable_and_unfinished(store, tmp_path):
     running = make_trace(status="running")
     store.save_trace(running)
     store.save_annotation(running.trace_id, Annotation(annotator="ana", verdict="correct"))
-    store.save_annotation(t.trace_id, Annotation(annotator="ana", verdict="incorrect",
-                                                 revisit_labels=[RevisitLabel(0, "wrong_region")]))
+    # a wrong_region label without a correction can no longer be saved, but older databases and imported
+    # histories hold such versions: write one the way the importer does
+    with pytest.raises(IncompleteAnnotation, match="corrected region for R1"):
+        store.save_annotation(t.trace_id, Annotation(annotator="ana", verdict="incorrect",
+                                                     revisit_labels=[RevisitLabel(0, "wrong_region")]))
+    prepared = store.prepare_trace(store.get_trace(t.trace_id))
+    prepared.annotations = [AnnotationRecord(
+        trace_id=t.trace_id, version=1, created_at="2026-01-01T00:00:00+00:00",
+        annotation=Annotation(annotator="ana", verdict="incorrect",
+                              revisit_labels=[RevisitLabel(0, "wrong_region")]).validate())]
+    # the stored trace has no annotation yet: replace it by the same trace carrying that history
+    with store.transaction() as tx:
+        tx.session.execute(sa.delete(TraceRow).where(TraceRow.id == t.trace_id))
+        tx.write_trace(prepared)
     store.save_annotation(u.trace_id, Annotation(annotator="ana", verdict="correct",
                                                  revisit_labels=[RevisitLabel(0, "unnecessary")]))
     rep = export_v1g(store, tmp_path / "x.jsonl")
@@ -361,7 +376,7 @@ def test_cli_db_upgrade_export_import(tmp_path):
     runner = CliRunner()
     db = f"sqlite:///{tmp_path / 'cli.db'}"
     res = runner.invoke(app, ["db", "upgrade", "--db", db])
-    assert res.exit_code == 0 and "revision 0001" in res.output
+    assert res.exit_code == 0 and "revision 0002" in res.output
     s = Store(db)
     (t,) = _labelled(s, 1)
     s.save_annotation(t.trace_id, Annotation(annotator="ana", verdict="correct"))
