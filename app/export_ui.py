@@ -1,8 +1,12 @@
-"""The export page: training data out of the store (v1g JSONL, HF parquet, full traces, Label Studio).
+"""The export page: training data out of the store (v1g JSONL, HF parquet, TRL preferences, full traces,
+Label Studio).
 
-Widget keys (stable, used by tests): export_format, exp_verdict, exp_annotator, exp_tag, exp_model,
+Widget keys (stable, used by tests): export_format, exp_verdict, exp_all, exp_annotator, exp_tag, exp_model,
 exp_only_corrected, exp_images, export_v1g (the v1g download button), export_download (the others),
 export_server_path, export_write.
+
+Training formats (v1g, HF) take the traces judged correct or with a corrected region unless a verdict is picked
+or "All labelled traces" is ticked; the page says which selection the export used.
 
 The export is written to a temp file with the store's exporters (`storage.export`), read back for the preview
 and the download, and kept in the session until the format, a filter or the store's annotations change.
@@ -24,6 +28,7 @@ from .safe_text import md_escape, shorten
 FORMATS = {
     "v1g JSONL": ("v1g", "export_v1g", ".jsonl", "application/jsonl"),
     "HF parquet": ("hf", "export_hf", ".parquet", "application/octet-stream"),
+    "Preferences (TRL DPO, parquet)": ("preferences", "export_preferences", ".parquet", "application/octet-stream"),
     "Full traces JSONL": ("traces", "export_traces", ".jsonl", "application/jsonl"),
     "Label Studio JSON": ("labelstudio", "export_labelstudio", ".json", "application/json"),
 }
@@ -35,8 +40,12 @@ def export_kwargs(store: Any, kind: str, f: dict[str, Any]) -> dict[str, Any]:
     """Filters as keyword arguments of the exporter `kind` (full traces have no annotator / corrected filter:
     those become an explicit trace-id list)."""
     kw: dict[str, Any] = {}
+    if kind == "preferences":
+        return kw  # pairs are chosen by their branch / parent judgements, not by these filters
     if f.get("verdict"):
         kw["verdict"] = list(f["verdict"])
+    elif f.get("all") and kind in ("v1g", "hf"):
+        kw["verdict"] = None
     if f.get("tag"):
         kw["tag"] = f["tag"]
     if f.get("model"):
@@ -55,10 +64,11 @@ def export_kwargs(store: Any, kind: str, f: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_export(store: Any, kind: str, out: Path, images: str, f: dict[str, Any]) -> Any:
-    from storage import export
+    from storage import export, preferences
 
     method = FORMATS[next(k for k, v in FORMATS.items() if v[0] == kind)][1]
-    return getattr(export, method)(store, out, images=images, **export_kwargs(store, kind, f))
+    module = preferences if kind == "preferences" else export
+    return getattr(module, method)(store, out, images=images, **export_kwargs(store, kind, f))
 
 
 def _fingerprint(store: Any) -> str:
@@ -70,19 +80,14 @@ def _fingerprint(store: Any) -> str:
 
 
 def _v1g_copy_ids(row: dict[str, Any]) -> str:
-    """The `<|copy_k|>` ids each region key expands to at training time (cells its box touches)."""
+    """The `<|copy_k|>` ids each region key expands to at training time (the official training geometry)."""
+    from v1core import v1g
     from v1core.copy_tokens import copy_token
-    from v1core.geometry import PatchGrid
 
-    trace = resources.load_trace(str(row.get("id")))
-    if trace is None:
-        return ""
-    grid = PatchGrid.from_resized(trace.image_size, trace.resized_size)
-    parts = []
-    for key, box in (row.get("region") or {}).items():
-        ids = grid.bbox_to_patches(box)
-        parts.append(f"{key}: " + "".join(copy_token(k) for k in ids))
-    return " | ".join(parts)
+    parsed = v1g.parse_row(row)
+    geometry = parsed.training_geometry()
+    return " | ".join(f"{key}: " + "".join(copy_token(k) for k in geometry.copy_ids(box))
+                      for key, box in parsed.regions.items())
 
 
 def preview_rows(kind: str, data: bytes, n: int = 5) -> list[dict[str, Any]]:
@@ -92,6 +97,13 @@ def preview_rows(kind: str, data: bytes, n: int = 5) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         table = pq.read_table(io.BytesIO(data), columns=["id", "image_size", "regions", "num_tokens"])
+        return table.slice(0, n).to_pylist()
+    if kind == "preferences":
+        import io
+
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(data), columns=["id", "parent_id", "branch_id", "branch_step"])
         return table.slice(0, n).to_pylist()
     if kind == "labelstudio":
         items = json.loads(data.decode("utf-8") or "[]")[:n]
@@ -103,7 +115,7 @@ def preview_rows(kind: str, data: bytes, n: int = 5) -> list[dict[str, Any]]:
         row = json.loads(line)
         if kind == "v1g":
             out.append({"id": row.get("id"), "verdict": row.get("verdict"), "annotator": row.get("annotator"),
-                        "version": row.get("annotation_version"), "regions": json.dumps(row.get("region")),
+                        "version": row.get("annotation_version"), "regions": row.get("regions"),
                         "copy ids": _v1g_copy_ids(row)})
         else:
             out.append({"trace": row.get("trace_id"), "status": row.get("status"), "model": row.get("model_id"),
@@ -129,8 +141,11 @@ def render() -> None:
     model = f1[3].selectbox("Model", [""] + list(store.list_models()), key="exp_model",
                             format_func=lambda v: v or "any")
     only_corr = f1[4].checkbox("Only corrected", key="exp_only_corrected")
+    take_all = st.checkbox("All labelled traces", key="exp_all",
+                           help="training formats otherwise take the traces judged correct or with a corrected "
+                                "region (when no verdict is picked)")
     f = {"verdict": verdict, "annotator": annotator.strip(), "tag": tag.strip(), "model": model,
-         "only_corrected": only_corr}
+         "only_corrected": only_corr, "all": take_all}
 
     sig = json.dumps([kind, images, f, _fingerprint(store)], sort_keys=True)
     cache = st.session_state.get(_CACHE)
@@ -144,11 +159,13 @@ def render() -> None:
                 return
             data = out.read_bytes() if out.is_file() else b""
         cache = {"sig": sig, "kind": kind, "data": data, "rows": report.rows, "skipped": list(report.skipped),
-                 "missing": report.images_missing, "name": out.name}
+                 "missing": report.images_missing, "name": out.name, "selection": report.selection}
         st.session_state[_CACHE] = cache
 
     st.markdown(f"**{cache['rows']}** row(s) · {len(cache['skipped'])} trace(s) skipped · "
                 f"{len(cache['data']):,} bytes")
+    if cache.get("selection"):
+        st.caption(cache["selection"])  # our own words, no untrusted text
     if cache["missing"]:
         st.caption(f"{cache['missing']} row(s) have no image in the store.")
     if cache["skipped"]:

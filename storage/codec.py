@@ -199,13 +199,15 @@ def encode_trace(trace: Trace) -> PreparedTrace:
 
 
 # ----------------------------------------------------------------------------- rows → trace
-def decode_trace(row: Any, chunks: Sequence[Any]) -> Trace:
-    """The Trace of a `traces` row and its chunk rows in chunk order (objects with `steps_json` and `pointers`)."""
+def decode_trace(row: Any, chunks: Sequence[Any], *, pointers: bool = True) -> Trace:
+    """The Trace of a `traces` row and its chunk rows in chunk order (objects with `steps_json` and `pointers`;
+    with `pointers=False` the steps only, and the chunks need no `pointers`)."""
     step_dicts: list[dict[str, Any]] = []
     for c in chunks:
         step_dicts.extend(json.loads(c.steps_json))
+    want = pointers
     pointers = None
-    if row.has_pointers and step_dicts:
+    if want and row.has_pointers and step_dicts:
         pointers = pointers_from_bytes(b"".join(bytes(c.pointers) for c in chunks), len(step_dicts),
                                        (row.grid_rows, row.grid_cols))
     steps = [Step(**d) for d in step_dicts]

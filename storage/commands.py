@@ -133,7 +133,7 @@ def _export(kind: str, out: Path, db: Optional[str], force: bool = False, **kw) 
             raise _fail(exc) from None
         fn = {"v1g": export.export_v1g, "hf": export.export_hf, "traces": export.export_traces,
               "labelstudio": export.export_labelstudio}[kind]
-        kw = {k: v for k, v in kw.items() if v is not None}
+        kw = {k: v for k, v in kw.items() if v is not None or k == "verdict"}
         try:
             report = fn(store, out, progress=sys.stderr.isatty(), **kw)
         except (ValueError, StorageError) as exc:
@@ -152,32 +152,41 @@ _ANNOTATOR = typer.Option(None, "--annotator", help="keep traces whose current a
 _TAG = typer.Option(None, "--tag", help="keep traces with this tag (trace or annotation tag)")
 _ONLY = typer.Option(False, "--only-corrected", help="keep only traces with a corrected or added region")
 _MODEL = typer.Option(None, "--model", help="keep traces of this model_id")
+_ALL = typer.Option(False, "--all", help="every labelled trace (default: those judged correct or with a corrected "
+                                         "or added region)")
 _DB = typer.Option(None, "--db", help=DB_HELP)
 _FORCE = typer.Option(False, "--force", help="overwrite an existing file that does not look like an export "
                                              "(never the database itself)")
 
 
+def _training_verdict(verdict: Optional[List[str]], take_all: bool) -> object:
+    from .export import TRAINING_DEFAULT
+
+    return list(verdict) if verdict else (None if take_all else TRAINING_DEFAULT)
+
+
 @export_app.command("v1g")
 def export_v1g_cmd(out: Path = typer.Argument(..., help="output .jsonl"), verdict: Optional[List[str]] = _VERDICT,
                    annotator: Optional[str] = _ANNOTATOR, tag: Optional[str] = _TAG, only_corrected: bool = _ONLY,
-                   model: Optional[str] = _MODEL,
+                   model: Optional[str] = _MODEL, take_all: bool = _ALL,
                    images: str = typer.Option("path",
                                               help="path (files in images/ next to OUT) | embed (base64) | none"),
                    db: Optional[str] = _DB, force: bool = _FORCE) -> None:
-    """v1g JSONL rows (conversation with <objN> keys + region boxes) that v1's training collate reads."""
-    _export("v1g", out, db, force, verdict=verdict or None, annotator=annotator, tag=tag, only_corrected=only_corrected,
-            model=model, images=images)
+    """The training rows (published v1g columns + v1 Studio's) as JSON lines; for the official train.py use hf."""
+    _export("v1g", out, db, force, verdict=_training_verdict(verdict, take_all), annotator=annotator, tag=tag,
+            only_corrected=only_corrected, model=model, images=images)
 
 
 @export_app.command("hf")
 def export_hf_cmd(out: Path = typer.Argument(..., help="output folder (train-NNNNN.parquet shards) or file.parquet"),
                   verdict: Optional[List[str]] = _VERDICT, annotator: Optional[str] = _ANNOTATOR,
                   tag: Optional[str] = _TAG, only_corrected: bool = _ONLY, model: Optional[str] = _MODEL,
+                  take_all: bool = _ALL,
                   images: str = typer.Option("embed", help="embed (bytes in parquet) | path | none"),
                   db: Optional[str] = _DB, force: bool = _FORCE) -> None:
-    """Hugging Face parquet dataset with v1g's columns (datasets.load_dataset("parquet", …) opens it)."""
-    _export("hf", out, db, force, verdict=verdict or None, annotator=annotator, tag=tag, only_corrected=only_corrected,
-            model=model, images=images)
+    """The published v1g parquet layout: the official train.py and datasets.load_dataset("parquet", …) open it."""
+    _export("hf", out, db, force, verdict=_training_verdict(verdict, take_all), annotator=annotator, tag=tag,
+            only_corrected=only_corrected, model=model, images=images)
 
 
 @export_app.command("traces")

@@ -1,16 +1,22 @@
-"""Exports: v1g JSONL (training rows), a Hugging Face parquet dataset, full traces JSONL, Label Studio JSON.
+"""Exports: training data (v1g rows as HF parquet or JSONL), full traces JSONL, Label Studio JSON.
 
-Training exports (v1g, hf) contain one row per *labelled, complete* trace, built from its current annotation:
-- every region the model wrote (`<objN>?<region>[x0, y0, x1, y1]<|copy_k|>…</region>` inside `detect(...)`) becomes
-  an object key `<objN>` in the text and a box in `region`/`regions` (original-image pixels);
-- the box is the annotator's corrected region when the revisit is labelled `wrong_region` (their box, else the
-  cells of their corrected patches), otherwise the cells the model actually copied (for imported v1g rows: the
-  row's original box). Boxes made from cells are inset by one resized pixel so that the training code's
-  `bbox_to_patches` gives back exactly those cells;
-- added revisits are inserted as `detect(query="…", objects=["<objN>"])` before the step they were added at;
-- a trace with a `wrong_region` label but no corrected region is skipped (reported), as is a correction of a
-  revisit that is not inside a `detect(...)` call.
-Text is never otherwise changed.
+Training exports (`export_hf`, `export_v1g`) write one row per *labelled, complete* trace in the published v1g
+layout (`v1core.v1g`, the one home of the format; what the official `train.py` loads):
+- the rows are built by `v1core.v1g.row_from_trace`: every region occurrence in the output text (inside
+  `detect(...)` and wherever an object recurs) becomes its `<objN>` key, `regions` holds the boxes in
+  original-image pixels. An imported published row re-exports with its `id`, `regions` (numbers and their
+  int/float types) and text unchanged unless an annotator changed something;
+- a revisit labelled `wrong_region` gets the annotator's corrected region (their box, else their cells mapped
+  onto the training geometry), for every occurrence of its key; added revisits are inserted as
+  `detect(query="…", objects=["<objN>"])` before the step they were added at, spaced from the text around;
+- the human turn is the exact prompt the model saw (`v1core.v1g.user_text_of`: an imported row's user text, a
+  live trace's question with the prompt suffix it was decoded with);
+- a trace with a `wrong_region` label but no corrected region, a correction of a revisit outside a region, or a
+  region with no box to give it is skipped (reported with the reason).
+
+**Which traces.** By default (`verdict=TRAINING_DEFAULT`) the traces judged correct or carrying a corrected or
+added region, since those are the rows a researcher fine-tunes on; pass `verdict=` one or a list of verdicts, or
+`verdict=None` for every labelled trace. The report's `selection` says which was used.
 """
 
 from __future__ import annotations
@@ -18,22 +24,25 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from v1core.trace import DETECT_RE, parse_detect_spans
+from v1core import v1g
+from v1core.copy_tokens import COPY_RE
 
 from .annotations import AnnotationRecord
 from .files import IMAGE_EXTENSIONS, IMAGE_MODES, ImageFiles, atomic_write, check_image_mode
 from .records import StoredRevisit
 
 if TYPE_CHECKING:
+    from v1core.trace import Trace
+
     from .schema import TraceRow
     from .store import Store
 
-_OBJ_RE = re.compile(r"<obj(\d+)>")
+TRAINING_DEFAULT = "correct-or-corrected"
+"""The default `verdict` of training exports: traces judged correct, or with a corrected / added region."""
 
 
 class SkipRow(Exception):
@@ -49,9 +58,12 @@ class ExportReport:
     images_written: int = 0
     images_missing: int = 0
     files: list[str] = field(default_factory=list)
+    selection: str = ""  # which traces were taken, in words
 
     def summary(self) -> str:
         parts = [f"{self.rows} row(s) → {self.path}"]
+        if self.selection:
+            parts.append(self.selection)
         if self.skipped:
             parts.append(f"{len(self.skipped)} skipped")
         if self.images_written:
@@ -62,15 +74,35 @@ class ExportReport:
 
 
 # ----------------------------------------------------------------------------- selection
-def _labelled(store: "Store", *, verdict: Any = None, annotator: str | None = None, tag: str | None = None,
-              only_corrected: bool = False, model: str | None = None, trace_ids: Sequence[str] | None = None,
-              batch: int = 500, report: "ExportReport | None" = None
+def describe_selection(verdict: Any = TRAINING_DEFAULT, only_corrected: bool = False) -> str:
+    """The selection of a training export in words (the report and the Export page show it)."""
+    if only_corrected:
+        what = "traces with a corrected or added region"
+    elif verdict == TRAINING_DEFAULT:
+        what = "traces judged correct or with a corrected/added region (the default)"
+    elif verdict is None or verdict == []:
+        what = "every labelled trace"
+    else:
+        vs = [verdict] if isinstance(verdict, str) else list(verdict)
+        what = "traces judged " + " or ".join(vs)
+    return "selected: complete " + what
+
+
+def _is_default(verdict: Any) -> bool:
+    return isinstance(verdict, str) and verdict == TRAINING_DEFAULT
+
+
+def _labelled(store: "Store", *, verdict: Any = TRAINING_DEFAULT, annotator: str | None = None,
+              tag: str | None = None, only_corrected: bool = False, model: str | None = None,
+              trace_ids: Sequence[str] | None = None, batch: int = 500, report: "ExportReport | None" = None
               ) -> Iterator[tuple["TraceRow", AnnotationRecord, list[StoredRevisit]]]:
     """Complete, annotated traces matching the filters, with the head the export uses (`Store.export_heads`:
     consensus, else the single annotator's, else the agreeing heads') and their revisits. Traces whose
-    annotators disagree with no ruling are listed in `report.skipped` with that reason."""
-    filters: dict[str, Any] = dict(annotated=True, status="complete", verdict=verdict, annotator=annotator, tag=tag,
-                                   model=model, trace_ids=trace_ids)
+    annotators disagree with no ruling are listed in `report.skipped` with that reason. The default selection
+    (`TRAINING_DEFAULT`) keeps the traces whose export head is judged correct or has a corrected/added region."""
+    default = _is_default(verdict) and not only_corrected
+    filters: dict[str, Any] = dict(annotated=True, status="complete", verdict=None if _is_default(verdict) else verdict,
+                                   annotator=annotator, tag=tag, model=model, trace_ids=trace_ids)
     if only_corrected:
         filters["has_corrections"] = True
     for rows in store.iter_trace_rows(batch=batch, **filters):
@@ -80,31 +112,28 @@ def _labelled(store: "Store", *, verdict: Any = None, annotator: str | None = No
         for r in rows:
             head = heads[r.id]
             if head.record is not None:
-                yield r, head.record, revs[r.id]
+                rec = head.record
+                if default and not (rec.verdict == "correct" or rec.annotation.has_corrections):
+                    continue
+                yield r, rec, revs[r.id]
             elif report is not None:
                 report.skipped.append(f"{r.id}: {head.reason}")
-
-
-def _training_rows(store: "Store", report: "ExportReport", bar: Any, **filters: Any
-                   ) -> Iterator[tuple["TraceRow", AnnotationRecord, str, dict[str, list[float]]]]:
-    """Labelled rows with their training text and regions; a row that cannot become training data is
-    recorded in `report.skipped` with its reason (shared by the v1g and Hugging Face exports)."""
-    for row, rec, revs in _labelled(store, report=report, **filters):
-        bar.update(1)
-        try:
-            text, regions = build_training_text(store, row, rec, revs)
-        except SkipRow as exc:
-            report.skipped.append(f"{row.id}: {exc}")
-            continue
-        yield row, rec, text, regions
 
 
 def _count(store: "Store", **kw: Any) -> int:
     only = kw.pop("only_corrected", False)
     kw = {k: v for k, v in kw.items() if k in ("verdict", "annotator", "tag", "model", "trace_ids")}
+    base = dict(annotated=True, status="complete", **kw)
     if only:
-        kw["has_corrections"] = True
-    return store.count_traces(annotated=True, status="complete", **kw)
+        base["has_corrections"] = True
+    if _is_default(kw.get("verdict")):
+        if only:
+            base["verdict"] = None
+            return store.count_traces(**base)
+        base.pop("verdict")
+        return (store.count_traces(verdict="correct", **base) + store.count_traces(has_corrections=True, **base)
+                - store.count_traces(verdict="correct", has_corrections=True, **base))
+    return store.count_traces(**base)
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -114,131 +143,69 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 
 
 # ----------------------------------------------------------------------------- v1g row construction
-def cells_box(grid: Any, patches: Sequence[int]) -> tuple[float, float, float, float]:
-    """Box (original px) of the cells' bounding rectangle, inset by one resized pixel, so that
-    `grid.bbox_to_patches(box)` returns exactly the rectangle's cells (an exact cell-edge box can pick up a
-    neighbouring row/column through float scaling). Non-rectangular sets become their bounding rectangle."""
-    x0, y0, x1, y1 = grid.patches_to_box(patches)
-    sx = grid.image_size[0] / grid.resized[0]
-    sy = grid.image_size[1] / grid.resized[1]
-    return (x0 + sx, y0 + sy, x1 - sx, y1 - sy)
-
-
-def _round_box(box: Sequence[float]) -> list[float]:
-    return [round(float(v), 2) for v in box]
-
-
-def _orig_regions(row: "TraceRow") -> dict[str, list[float]]:
-    regs = (row.meta or {}).get("v1g_regions") if row.source == "imported" else None
-    if isinstance(regs, str):
-        try:
-            regs = json.loads(regs)
-        except ValueError:
-            return {}
-    if not isinstance(regs, dict):
-        return {}
-    out = {}
-    for k, v in regs.items():
-        key = k if str(k).startswith("<") else f"<{k}>"
-        if isinstance(v, (list, tuple)) and len(v) == 4:
-            out[key] = list(v)
-    return out
-
-
-def build_training_text(store: "Store", row: "TraceRow", rec: AnnotationRecord,
-                        revisits: Sequence[StoredRevisit]) -> tuple[str, dict[str, list[float]]]:
-    """(assistant text with `<objN>` placeholders, {key: [x0, y0, x1, y1]}) for one labelled trace."""
-    from v1core.geometry import PatchGrid
-
+def training_row(trace: "Trace", rec: AnnotationRecord) -> v1g.V1GRow:
+    """The v1g row (published layout, `v1core.v1g.V1GRow`) of one labelled trace: its current annotation's
+    corrected and added regions applied by `v1core.v1g.row_from_trace`. Raises `SkipRow` with the reason when
+    the trace cannot become a training row."""
     ann = rec.annotation
-    text = row.output_text
-    grid = PatchGrid.from_resized((row.image_w, row.image_h), (row.resized_w, row.resized_h))
-    spans = parse_detect_spans(text)
-    orig = _orig_regions(row)
-    nums = [int(n) for n in _OBJ_RE.findall(text)] + [int(n) for k in orig for n in _OBJ_RE.findall(k)]
-    next_num = [max(nums) + 1 if nums else 0]
-
-    def fresh() -> str:
-        key = f"<obj{next_num[0]}>"
-        next_num[0] += 1
-        return key
-
-    span_of_rev: dict[int, int] = {}
-    for rv in revisits:
-        for si, sp in enumerate(spans):
-            if sp["span"][0] <= rv.char_start < sp["span"][1]:
-                span_of_rev[si] = rv.index
-                break
-    linked = set(span_of_rev.values())
+    corrections: dict[int, v1g.RegionEdit] = {}
     for lab in ann.revisit_labels:
-        if lab.label == "wrong_region" and not lab.has_correction:
+        if lab.label != "wrong_region":
+            continue
+        if not lab.has_correction:
             raise SkipRow(f"revisit {lab.revisit_index} is marked wrong_region without a corrected region")
-        if lab.label == "wrong_region" and lab.revisit_index not in linked:
-            raise SkipRow(f"revisit {lab.revisit_index} is not inside a detect(...) call; its correction cannot be "
-                          "written as a region")
-    rv_by_idx = {rv.index: rv for rv in revisits}
-    edits: list[tuple[int, int, str]] = []
-    regions: dict[str, list[float]] = {}
-    for si, sp in enumerate(spans):
-        name = f"<{sp['object_name']}>" if sp["object_name"] else None
-        box: Any = None
-        ridx = span_of_rev.get(si)
-        lab = ann.label_for(ridx) if ridx is not None else None
-        if lab is not None and lab.label == "wrong_region":
-            box = lab.corrected_box if lab.corrected_box is not None else cells_box(grid, lab.corrected_patches or [])
-        elif name and name in orig:
-            box = orig[name]
-        elif ridx is not None and rv_by_idx[ridx].patches:
-            box = cells_box(grid, rv_by_idx[ridx].patches)
-        elif sp["normalized_box"] is not None:
-            w, h = row.image_w, row.image_h
-            nb = sp["normalized_box"]
-            box = (nb[0] * w, nb[1] * h, nb[2] * w, nb[3] * h)
-        if box is None:
-            continue  # a region we cannot place: leave the text as the model wrote it
-        key = name if name and name not in regions else fresh()
-        regions[key] = _round_box(box)
-        edits.append((sp["span"][0], sp["span"][1], key))
-    if ann.added_revisits:
-        texts = store.step_texts(row.id)
-        offsets = [0]
-        for t in texts:
-            offsets.append(offsets[-1] + len(t))
-        calls = [(m.start(), m.end()) for m in DETECT_RE.finditer(text)]
-        for ad in ann.added_revisits:
-            pos = offsets[min(ad.step, len(texts))]
-            for a, b in calls:  # never insert inside another detect(...) call
-                if a < pos < b:
-                    pos = b
-            key = fresh()
-            regions[key] = _round_box(ad.box if ad.box is not None else cells_box(grid, ad.patches))
-            q = ad.query.replace("\\", "\\\\").replace('"', '\\"')
-            edits.append((pos, pos, f'detect(query="{q}", objects=["{key}"]) '))
-    for a, b, rep in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
-        text = text[:a] + rep + text[b:]
-    return text, regions
+        corrections[lab.revisit_index] = v1g.RegionEdit(box=lab.corrected_box,
+                                                        patches=tuple(lab.corrected_patches or ()))
+    added = [v1g.AddedRegion(box=a.box, patches=tuple(a.patches or ()), step=a.step, query=a.query)
+             for a in ann.added_revisits]
+    try:
+        row = v1g.row_from_trace(trace, corrections=corrections, added=added)
+    except ValueError as exc:
+        raise SkipRow(str(exc)) from None
+    if COPY_RE.search(row.gpt_text):  # copies outside any region (or a region without a box) stay as written:
+        geometry = v1g.training_geometry_of(trace)  # right only where training sees the trace's own grid
+        if trace.patch_grid() != geometry.grid:
+            raise SkipRow(f"copy tokens outside a region refer to the {trace.grid[0]}×{trace.grid[1]} inference "
+                          f"grid, training uses {geometry.shape[0]}×{geometry.shape[1]}; they cannot be written")
+    return row
 
 
-def _num_tokens(row: "TraceRow", rec: AnnotationRecord) -> int:
-    n = (row.meta or {}).get("num_tokens") if row.source == "imported" else None
-    if isinstance(n, int) and not rec.annotation.has_corrections:
-        return n
-    return int(row.prompt_tokens or 0) + int(row.n_steps or 0)
+def _training_rows(store: "Store", report: "ExportReport", bar: Any, **filters: Any
+                   ) -> Iterator[tuple["TraceRow", AnnotationRecord, v1g.V1GRow]]:
+    """Labelled rows with their v1g row; a row that cannot become training data is recorded in
+    `report.skipped` with its reason (shared by the v1g JSONL and Hugging Face exports). Steps are read without
+    pointers, one trace at a time."""
+    report.selection = describe_selection(filters.get("verdict", TRAINING_DEFAULT),
+                                          filters.get("only_corrected", False))
+    for row, rec, _revs in _labelled(store, report=report, **filters):
+        bar.update(1)
+        (trace,) = store.traces_for_rows([row], pointers=False)
+        try:
+            out = training_row(trace, rec)
+        except SkipRow as exc:
+            report.skipped.append(f"{row.id}: {exc}")
+            continue
+        yield row, rec, out
 
 
 # ----------------------------------------------------------------------------- v1g JSONL
-def export_v1g(store: "Store", out: str | os.PathLike, *, images: str = "path", verdict: Any = None,
+def export_v1g(store: "Store", out: str | os.PathLike, *, images: str = "path", verdict: Any = TRAINING_DEFAULT,
                annotator: str | None = None, tag: str | None = None, only_corrected: bool = False,
                model: str | None = None, trace_ids: Sequence[str] | None = None, progress: bool = False
                ) -> ExportReport:
-    """One JSON line per labelled complete trace, in the layout v1's training collate reads:
-    `{"id", "conversation": [system?, user "<image>\\n…", assistant with <objN>], "region": {key: box},
-    "image_size": [w, h], "image": "images/<sha>.png" | {"bytes": base64, "path": null} | null, "image_sha256",
-    "verdict", "answer_correct", "annotator", "annotation_version"}`.
+    """The training rows as JSON lines: the published v1g columns (`id`, `image`, `conversations`, `regions` as
+    a JSON string, `image_size`, `num_tokens`), then v1 Studio's own (`trace_id`, `image_sha256`, `verdict`,
+    `answer_correct`, `annotator`, `annotation_version`).
 
-    `images`: 'path' (default) writes image files into `images/` next to OUT; 'embed' puts base64 bytes in the
-    row; 'none' leaves them out. Filters: `verdict` (one or a list), `annotator` (of the current annotation),
-    `tag`, `only_corrected`, `model`, `trace_ids`."""
+    `datasets.load_dataset("json", data_files=OUT)` opens it (cast `image` to `datasets.Image()` from inside the
+    export folder for the pictures); v1 Studio's importer and the demo trainer read it. For the official
+    `train.py` use `export_hf` (parquet with embedded images), which has the same columns.
+
+    `images`: 'path' (default) writes image files into `images/` next to OUT (`{"bytes": null, "path":
+    "images/<sha>.<ext>"}`); 'embed' puts base64 bytes in the row (`{"bytes": "<base64>", "path": null}`, read
+    by v1 Studio only); 'none' leaves them out. Filters: `verdict` (default: correct or corrected; one, a list,
+    or None for every labelled trace), `annotator` (of the current annotation), `tag`, `only_corrected`,
+    `model`, `trace_ids`."""
     check_image_mode(images)
     out = Path(out)
     report = ExportReport(str(out), "v1g")
@@ -246,26 +213,22 @@ def export_v1g(store: "Store", out: str | os.PathLike, *, images: str = "path", 
     total = _count(store, verdict=verdict, annotator=annotator, tag=tag, only_corrected=only_corrected, model=model,
                    trace_ids=trace_ids)
     with atomic_write(out) as f, _progress(total, "export v1g", progress) as bar:
-        for row, rec, text, regions in _training_rows(store, report, bar, verdict=verdict, annotator=annotator,
-                                                      tag=tag, only_corrected=only_corrected, model=model,
-                                                      trace_ids=trace_ids):
-            conv = []
-            if row.system_prompt:
-                conv.append({"role": "system", "content": row.system_prompt})
-            conv.append({"role": "user", "content": "<image>\n" + row.question})
-            conv.append({"role": "assistant", "content": text})
+        for row, rec, vrow in _training_rows(store, report, bar, verdict=verdict, annotator=annotator,
+                                             tag=tag, only_corrected=only_corrected, model=model,
+                                             trace_ids=trace_ids):
             image: Any = None
             if images == "path":
-                image = imgs.relpath(row.image_sha256)
+                rel = imgs.relpath(row.image_sha256)
+                image = None if rel is None else {"bytes": None, "path": rel}
             elif images == "embed":
                 got = imgs.data(row.image_sha256)
                 image = None if got is None else {"bytes": base64.b64encode(got[0]).decode("ascii"), "path": None}
-            rec_out = {
-                "id": row.id, "conversation": conv, "region": regions, "image_size": [row.image_w, row.image_h],
-                "image": image, "image_sha256": row.image_sha256, "verdict": rec.verdict,
+            rec_out = vrow.to_dict(image=image)
+            rec_out.update({
+                "trace_id": row.id, "image_sha256": row.image_sha256, "verdict": rec.verdict,
                 "answer_correct": rec.annotation.answer_correct, "annotator": rec.annotator,
                 "annotation_version": rec.version,
-            }
+            })
             f.write(json.dumps(rec_out, ensure_ascii=False) + "\n")
             report.rows += 1
     report.files.append(str(out))
@@ -274,29 +237,23 @@ def export_v1g(store: "Store", out: str | os.PathLike, *, images: str = "path", 
 
 # ----------------------------------------------------------------------------- Hugging Face parquet
 def hf_features() -> Any:
-    """The v1g columns as `datasets.Features`: id, image (Image), image_size, num_tokens, conversations, regions."""
+    """The published v1g columns as `datasets.Features` (from `v1core.v1g.arrow_schema`)."""
     import datasets
 
-    seq = getattr(datasets, "List", None) or datasets.Sequence
-    return datasets.Features({
-        "id": datasets.Value("string"),
-        "image": datasets.Image(),
-        "image_size": seq(datasets.Value("int64")),
-        "num_tokens": datasets.Value("int64"),
-        "conversations": seq({"from": datasets.Value("string"), "value": datasets.Value("string")}),
-        "regions": datasets.Value("string"),
-    })
+    return datasets.Features.from_arrow_schema(v1g.arrow_schema())
 
 
-def export_hf(store: "Store", out: str | os.PathLike, *, images: str = "embed", verdict: Any = None,
+def export_hf(store: "Store", out: str | os.PathLike, *, images: str = "embed", verdict: Any = TRAINING_DEFAULT,
               annotator: str | None = None, tag: str | None = None, only_corrected: bool = False,
               model: str | None = None, trace_ids: Sequence[str] | None = None, shard_rows: int = 10_000,
               progress: bool = False) -> ExportReport:
-    """A parquet dataset with exactly v1g's columns (`id`, `image` as an `Image` feature, `image_size`,
-    `num_tokens`, `conversations` as ShareGPT turns with `<objN>` keys, `regions` as a JSON string) that
-    `datasets.load_dataset("parquet", data_files=…)` opens. OUT ending in `.parquet` is one file; otherwise a
-    folder of `train-NNNNN.parquet` shards of `shard_rows` rows. `images`: 'embed' (default: bytes in the
-    file), 'path' (files in `images/`, absolute paths in the column) or 'none' (null)."""
+    """A parquet dataset in the published v1g layout (`v1core.v1g.arrow_schema`: `id`, `image` as an `Image`
+    feature, `conversations` as ShareGPT turns with `<objN>` keys, `regions` as a JSON string, `image_size`,
+    `num_tokens`) that `datasets.load_dataset("parquet", data_files=…)` and the official `train.py`
+    (`load_dataset(folder, split="train")`) open. Ids: an imported row's own, else a numeric string
+    (`v1core.v1g.numeric_id`, what `int()` accepts). OUT ending in `.parquet` is one file; otherwise a folder
+    of `train-NNNNN.parquet` shards of `shard_rows` rows. `images`: 'embed' (default: bytes in the file),
+    'path' (files in `images/`, absolute paths in the column) or 'none' (null). Selection as `export_v1g`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -306,7 +263,7 @@ def export_hf(store: "Store", out: str | os.PathLike, *, images: str = "embed", 
     base = out.parent if single else out
     report = ExportReport(str(out), "hf")
     imgs = ImageFiles(store, images, base, report)
-    schema = hf_features().arrow_schema
+    schema = v1g.arrow_schema()
     total = _count(store, verdict=verdict, annotator=annotator, tag=tag, only_corrected=only_corrected, model=model,
                    trace_ids=trace_ids)
     if not single:
@@ -319,6 +276,7 @@ def export_hf(store: "Store", out: str | os.PathLike, *, images: str = "embed", 
     final_path: Path | None = None
     in_shard = 0
     buf: list[dict[str, Any]] = []
+    buf_bytes = 0
 
     def open_shard() -> None:
         nonlocal writer, tmp_path, final_path, in_shard
@@ -328,9 +286,11 @@ def export_hf(store: "Store", out: str | os.PathLike, *, images: str = "embed", 
         in_shard = 0
 
     def flush() -> None:
+        nonlocal buf_bytes
         if buf:
             writer.write_table(pa.Table.from_pylist(buf, schema=schema))
             buf.clear()
+            buf_bytes = 0
 
     def close_shard() -> None:
         nonlocal writer
@@ -343,9 +303,9 @@ def export_hf(store: "Store", out: str | os.PathLike, *, images: str = "embed", 
     try:
         open_shard()
         with _progress(total, "export hf", progress) as bar:
-            for row, rec, text, regions in _training_rows(store, report, bar, verdict=verdict, annotator=annotator,
-                                                          tag=tag, only_corrected=only_corrected, model=model,
-                                                          trace_ids=trace_ids):
+            for row, _rec, vrow in _training_rows(store, report, bar, verdict=verdict, annotator=annotator,
+                                                  tag=tag, only_corrected=only_corrected, model=model,
+                                                  trace_ids=trace_ids):
                 image: Any = None
                 if images == "embed":
                     got = imgs.data(row.image_sha256)
@@ -357,16 +317,12 @@ def export_hf(store: "Store", out: str | os.PathLike, *, images: str = "embed", 
                     close_shard()
                     shard += 1
                     open_shard()
-                buf.append({
-                    "id": row.id, "image": image, "image_size": [row.image_w, row.image_h],
-                    "num_tokens": _num_tokens(row, rec),
-                    "conversations": [{"from": "human", "value": "<image>\n" + row.question},
-                                      {"from": "gpt", "value": text}],
-                    "regions": json.dumps(regions),
-                })
+                d = vrow.to_dict(image=image)
+                buf.append(d)
+                buf_bytes += len(d["conversations"][1]["value"]) + len((image or {}).get("bytes") or b"")
                 in_shard += 1
                 report.rows += 1
-                if len(buf) >= 256:
+                if len(buf) >= 256 or buf_bytes >= BUFFER_BYTES:
                     flush()
         close_shard()
     finally:
@@ -375,6 +331,11 @@ def export_hf(store: "Store", out: str | os.PathLike, *, images: str = "embed", 
             if tmp_path is not None:
                 tmp_path.unlink(missing_ok=True)
     return report
+
+
+BUFFER_BYTES = 32 * 2**20
+"""Rows are written out once their text and images reach this many bytes (or 256 rows): memory stays bounded by
+bytes whatever the size of a row."""
 
 
 # ----------------------------------------------------------------------------- full traces
@@ -508,5 +469,6 @@ LABEL_STUDIO_CONFIG = (
     "</View>"
 )
 
-__all__ = ["ExportReport", "IMAGE_MODES", "LABEL_STUDIO_CONFIG", "build_training_text", "cells_box", "export_hf",
-           "export_labelstudio", "export_traces", "export_v1g", "hf_features"]
+__all__ = ["BUFFER_BYTES", "ExportReport", "IMAGE_MODES", "LABEL_STUDIO_CONFIG", "SkipRow", "TRAINING_DEFAULT",
+           "describe_selection", "export_hf", "export_labelstudio", "export_traces", "export_v1g", "hf_features",
+           "training_row"]

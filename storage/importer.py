@@ -12,12 +12,15 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from v1core.copy_tokens import COPY_RE, COPY_TOKEN_START
-from v1core.trace import Step, Trace
+from v1core import v1g
+from v1core.copy_tokens import COPY_TOKEN_START
+from v1core.geometry import PatchGrid
+from v1core.trace import Trace
+from v1core.v1g import V1G_MODEL_ID
 
 from .annotations import AnnotationRecord
 from .files import ImageSource, check_embedded_size
@@ -26,7 +29,6 @@ if TYPE_CHECKING:
     from .codec import PreparedTrace
     from .store import Store, Transaction
 
-V1G_MODEL_ID = "v1g-data"
 BATCH = 100
 
 
@@ -105,109 +107,31 @@ def _image_meta(data: bytes) -> tuple[int, int, str]:
         raise ValueError(f"the image cannot be decoded: {exc}") from None
 
 
-def _turns(row: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(role, text) turns from ShareGPT `conversations` or collate-time `conversation` messages."""
-    out = []
-    if "conversations" in row:
-        src = row["conversations"]
-        if isinstance(src, str):
-            src = json.loads(src)
-        for t in src or []:
-            if not isinstance(t, Mapping):
-                raise ValueError("conversations must be a list of {from, value} objects")
-            out.append((str(t.get("from", "")), t.get("value")))
-    else:
-        for m in row.get("conversation") or []:
-            if not isinstance(m, Mapping):
-                raise ValueError("conversation must be a list of {role, content} messages")
-            content = m.get("content") if "content" in m else m.get("value")
-            if isinstance(content, list):  # multimodal content parts
-                content = "".join(c.get("text", "") if c.get("type") == "text" else "<image>\n" for c in content)
-            out.append((str(m.get("role") or m.get("from") or ""), content))
-    for role, text in out:
-        if not isinstance(text, str):
-            raise ValueError(f"a {role or 'conversation'} turn has no text")
-    return out
-
-
-def steps_from_text(text: str, copy_token_start: int = COPY_TOKEN_START) -> list[Step]:
-    """Steps for a text-only trace: one step per `<|copy_k|>` token and one per text chunk between them (no
-    distributions: p_copy/entropy are NaN, token ids -1 for text chunks). The steps' texts concatenate to `text`."""
-    steps: list[Step] = []
-    pos = 0
-
-    def add(txt: str, patch: int | None) -> None:
-        steps.append(Step(index=len(steps), token_id=(copy_token_start + patch) if patch is not None else -1,
-                          text=txt, is_copy=patch is not None, patch=patch, p_copy=float("nan"),
-                          entropy=float("nan")))
-
-    for m in COPY_RE.finditer(text):
-        if m.start() > pos:
-            add(text[pos:m.start()], None)
-        add(m.group(0), int(m.group(1)))
-        pos = m.end()
-    if pos < len(text):
-        add(text[pos:], None)
-    return steps
-
-
 def trace_from_v1g(row: Mapping[str, Any], base: Path | None = None, *, model_id: str = V1G_MODEL_ID,
                    copy_token_start: int = COPY_TOKEN_START, images: ImageSource | None = None,
                    ) -> tuple[Trace, tuple[bytes, int, int, str] | None]:
-    """A text-only Trace (source 'imported') from a v1g row; object keys are expanded to region markup with
-    copy ids of every cell the box touches, exactly as v1's training code does. An image path is read through
-    `images` (default: confined to `base`). Returns (trace, image)."""
-    from v1core.demo.targets import expand_v1g_assistant
-    from v1core.geometry import PatchGrid
-
+    """A text-only Trace (source 'imported') from a v1g row, read and expanded by `v1core.v1g` exactly as the
+    official training code does (every key occurrence, on the 672-px training geometry, recorded in the trace's
+    meta). An image path is read through `images` (default: confined to `base`). Returns (trace, image)."""
     if not isinstance(row, Mapping):
         raise ValueError("a v1g row must be a JSON object")
-    turns = _turns(row)
-    human = [t for r, t in turns if r in ("human", "user")]
-    gpt = [t for r, t in turns if r in ("gpt", "assistant")]
-    system = [t for r, t in turns if r == "system"]
-    if not human or not gpt:
-        raise ValueError("a v1g row needs a human/user turn and a gpt/assistant turn")
-    question = human[0].replace("<image>\n", "", 1).replace("<image>", "", 1).strip()
+    parsed = v1g.parse_row(row)
     image = None
     data = _image_from_ref(row.get("image"), base, images)
     if data is not None:
         w, h, fmt = _image_meta(data)
         image = (data, w, h, fmt)
-    size = row.get("image_size")
-    if size is not None:
-        if isinstance(size, str):
-            size = json.loads(size)
-        if not isinstance(size, (list, tuple)) or len(size) != 2:
-            raise ValueError(f"image_size must be [width, height], got {size!r}")
-        w, h = int(size[0]), int(size[1])
+    if parsed.image_size is not None:
+        w, h = parsed.image_size
         if image is not None and (w, h) != (image[1], image[2]):
             raise ValueError(f"image_size {[w, h]} does not match the image ({image[1]}×{image[2]})")
     elif image is not None:
-        w, h = image[1], image[2]
+        parsed = replace(parsed, image_size=(image[1], image[2]))
     else:
         raise ValueError("the row has neither image_size nor a readable image")
-    grid = PatchGrid.for_image(w, h)  # raises ImageGeometryError (a ValueError) with the reason
-    regions = row.get("regions", row.get("region"))
-    text = expand_v1g_assistant(gpt[-1], regions, grid, keep_key=True)
-    if isinstance(regions, (bytes, bytearray)):
-        regions = regions.decode()
-    regions_dict = json.loads(regions) if isinstance(regions, str) and regions else (dict(regions) if regions else {})
-    rid = row.get("id")
-    if rid is not None and str(rid):
-        trace_id = hashlib.sha256(f"v1g:{rid}".encode()).hexdigest()[:32]
-    else:
-        blob = json.dumps([question, gpt[-1], regions_dict, [w, h]], sort_keys=True)
-        trace_id = hashlib.sha256(f"v1g-content:{blob}".encode()).hexdigest()[:32]
-    meta: dict[str, Any] = {"v1g_id": None if rid is None else str(rid), "v1g_regions": regions_dict}
-    if isinstance(row.get("num_tokens"), int):
-        meta["num_tokens"] = int(row["num_tokens"])
-    trace = Trace(
-        model_id=model_id, image_sha256=hashlib.sha256(image[0]).hexdigest() if image else "",
-        image_size=(w, h), resized_size=grid.resized, grid=grid.shape, question=question,
-        system_prompt=system[0] if system else "", steps=steps_from_text(text, copy_token_start), output_text=text,
-        status="complete", source="imported", trace_id=trace_id, meta=meta,
-    )
+    PatchGrid.for_image(*parsed.image_size)  # ImageGeometryError (a ValueError) with the reason for tiny images
+    trace = v1g.trace_from_row(parsed, image_sha256=hashlib.sha256(image[0]).hexdigest() if image else "",
+                               model_id=model_id, copy_token_start=copy_token_start)
     return trace, image
 
 
@@ -386,4 +310,4 @@ def _write(store: "Store", items: list[_Item], report: ImportReport) -> None:
             report.errors.append(LineError(it.where[0], it.where[1], _reason(exc)))
 
 
-__all__ = ["ImportReport", "import_path", "steps_from_text", "trace_from_v1g"]
+__all__ = ["ImportReport", "import_path", "trace_from_v1g"]

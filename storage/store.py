@@ -815,16 +815,17 @@ class Store:
                 out[tid] = ExportHead(tid, None, None, UNRESOLVED if state == "disagree" else "not annotated")
         return out
 
-    def traces_for_rows(self, rows: Sequence[TraceRow]) -> list[Trace]:
-        """The full Traces (steps and pointers) of rows from `iter_trace_rows`, in the same order."""
+    def traces_for_rows(self, rows: Sequence[TraceRow], *, pointers: bool = True) -> list[Trace]:
+        """The full Traces (steps and pointers) of rows from `iter_trace_rows`, in the same order.
+        `pointers=False` reads only the steps (text exports: no pointer blob is read or decoded)."""
         ids = [r.id for r in rows]
         chunks: dict[str, list[Any]] = {i: [] for i in ids}
+        cols = [TraceChunkRow.trace_id, TraceChunkRow.steps_json] + ([TraceChunkRow.pointers] if pointers else [])
         with self._read() as s:
-            for c in s.execute(select(TraceChunkRow.trace_id, TraceChunkRow.steps_json, TraceChunkRow.pointers)
-                               .where(TraceChunkRow.trace_id.in_(ids))
+            for c in s.execute(select(*cols).where(TraceChunkRow.trace_id.in_(ids))
                                .order_by(TraceChunkRow.trace_id, TraceChunkRow.chunk)):
                 chunks[c.trace_id].append(c)
-        return [decode_trace(r, chunks[r.id]) for r in rows]
+        return [decode_trace(r, chunks[r.id], pointers=pointers) for r in rows]
 
     def step_stats(self, trace_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """{trace id: {"entropy": [...], "p_copy": [...], "is_copy": [...], "n_patches": int}} for these traces:

@@ -132,17 +132,16 @@ def test_export_v1g_download_has_corrected_copy_ids(annotated):
     assert any("**2** row(s)" in m.value for m in at.markdown)
     assert [e for e in at.get("download_button") if e.proto.id and "export_v1g" in e.proto.id]
     rows = [json.loads(line) for line in cache["data"].decode().splitlines()]
-    row = next(r for r in rows if r["id"] == a.trace_id)
+    row = next(r for r in rows if r["trace_id"] == a.trace_id)
     assert row["verdict"] == "incorrect" and row["annotator"] == "ana"
+    assert any("judged correct or with a corrected/added region" in c.value for c in at.caption)
     # the corrected region expands to exactly the corrected cells at training time
-    from v1core.demo.targets import expand_v1g_assistant
-    from v1core.geometry import PatchGrid
+    from v1core import v1g
 
-    grid = PatchGrid.from_resized(a.image_size, a.resized_size)
-    text = expand_v1g_assistant(row["conversation"][-1]["content"], row["region"], grid)
+    _, text = v1g.parse_row(row).expanded()
     assert "<|copy_3|><|copy_4|></region>" in text
     preview = at.dataframe[0].value
-    assert "<|copy_3|><|copy_4|>" in preview[preview["id"] == a.trace_id].iloc[0]["copy ids"]
+    assert "<|copy_3|><|copy_4|>" in preview[preview["id"] == row["id"]].iloc[0]["copy ids"]
     # filters
     at.checkbox(key="exp_only_corrected").check().run()
     no_exceptions(at)
@@ -150,7 +149,7 @@ def test_export_v1g_download_has_corrected_copy_ids(annotated):
     at.checkbox(key="exp_only_corrected").uncheck()
     at.text_input(key="exp_annotator").set_value("rita").run()
     assert export_cache(at)["rows"] == 1
-    assert json.loads(export_cache(at)["data"].decode().splitlines()[0])["id"] == b.trace_id
+    assert json.loads(export_cache(at)["data"].decode().splitlines()[0])["trace_id"] == b.trace_id
     at.text_input(key="exp_annotator").set_value("")
     at.multiselect(key="exp_verdict").set_value(["incorrect"]).run()
     assert export_cache(at)["rows"] == 1

@@ -186,15 +186,15 @@ def test_two_annotators_blind_keys_only_consensus_export(server, browser, tmp_pa
     assert not (errors_a or errors_a2 or errors_b or errors_r), errors_a + errors_a2 + errors_b + errors_r
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    (row,) = [r for r in rows if r["id"] == tid]
+    (row,) = [r for r in rows if r["trace_id"] == tid]
     assert row["annotator"] == "rita" and row["annotation_version"] == 4 and row["verdict"] == "incorrect"
     from v1core.demo.targets import expand_v1g_row
     from v1core.demo.finetune import read_v1g_rows
     from v1core.geometry import PatchGrid
 
     grid = PatchGrid.from_resized(tuple(trace.image_size), tuple(trace.resized_size))
-    (training_row,) = [r for r in read_v1g_rows(path) if r["id"] == tid]  # what train-demo --from-export reads
+    (training_row,) = [r for r in read_v1g_rows(path) if r["trace_id"] == tid]  # what train-demo --from-export reads
     text = expand_v1g_row(training_row, grid)
     assert caption.replace(" ", "") in text
     assert "<|copy_99|>" not in text  # the model's own (wrong) region is gone
-    assert grid.bbox_to_patches(row["region"]["<obj0>"]) == wanted
+    assert grid.bbox_to_patches(json.loads(row["regions"])["<obj0>"]) == wanted

@@ -41,6 +41,8 @@ def test_branch_is_listed_under_its_parent_and_exported_as_a_preference_pair(tmp
     rows = [json.loads(line) for line in (tmp_path / "prefs.jsonl").read_text().splitlines()]
     assert report.rows == len(rows) == 1
     row = rows[0]
-    assert row["chosen"] == child.output_text and row["rejected"] == parent.output_text
-    assert row["image"].startswith("images/") and (tmp_path / row["image"]).exists()
-    assert row["edit"]["patches"] == [0, 1]
+    assert row["chosen"] == [{"role": "assistant", "content": [{"type": "text", "text": child.output_text}]}]
+    assert row["rejected"] == [{"role": "assistant", "content": [{"type": "text", "text": parent.output_text}]}]
+    (img_path,) = row["images"]
+    assert img_path.startswith("images/") and (tmp_path / img_path).exists()
+    assert json.loads(row["edit"])["patches"] == [0, 1]

@@ -13,10 +13,10 @@ import sqlalchemy as sa
 
 from storage import AddedRevisit, Annotation, AnnotationConflict, AnnotationRecord, IncompleteAnnotation, RevisitLabel
 from storage.schema import TraceRow
-from storage.export import cells_box, export_hf, export_labelstudio, export_traces, export_v1g
+from storage.export import export_hf, export_labelstudio, export_traces, export_v1g
 from storage.importer import import_path
 from tests.builders import COPY0, grid_for, make_trace, png_bytes
-from v1core.demo.targets import expand_v1g_assistant
+from v1core import v1g
 from v1core.trace import COPY_RE, parse_detect_spans
 
 TWO = (("triangle", (100, 120, 220, 230)), ("circle", (300, 300, 400, 420)))
@@ -129,20 +129,24 @@ def test_v1g_export_layout_and_corrected_regions(store, tmp_path):
     store.save_annotation(w.trace_id, Annotation(annotator="ana", verdict="correct", added_revisits=[
         AddedRevisit(step=2, patches=[100, 101], query='the "red" sun')]))
     out = tmp_path / "exp" / "train.jsonl"
-    rep = export_v1g(store, out)
+    rep = export_v1g(store, out, verdict=None)
     assert rep.rows == 3 and not rep.skipped and rep.images_written == 1
-    rows = {r["id"]: r for r in _rows(out)}
+    rows = {r["trace_id"]: r for r in _rows(out)}
     r = rows[t.trace_id]
-    assert [m["role"] for m in r["conversation"]] == ["system", "user", "assistant"]
-    assert r["conversation"][1]["content"] == "<image>\n" + t.question
-    assert r["image_size"] == [640, 480] and (out.parent / r["image"]).read_bytes() == png_bytes()
-    text = r["conversation"][2]["content"]
+    assert list(r)[:6] == ["id", "image", "conversations", "regions", "image_size", "num_tokens"]
+    assert int(r["id"]) >= 0 and r["id"] == v1g.numeric_id(t.trace_id)  # prepare_data.py's int(idx) works
+    assert [m["from"] for m in r["conversations"]] == ["human", "gpt"]
+    # the exact prompt the model saw: the question and the paper's reasoning suffix
+    assert r["conversations"][0]["value"] == "<image>\n" + t.question + v1g.PAPER_PROMPT_SUFFIX
+    assert r["image_size"] == [640, 480] and (out.parent / r["image"]["path"]).read_bytes() == png_bytes()
+    text = r["conversations"][1]["value"]
     assert "<region>" not in text and not COPY_RE.search(text)
     assert 'detect(query="triangle", objects=["<obj0>"])' in text
-    assert set(r["region"]) == {"<obj0>", "<obj1>"}
+    regions = json.loads(r["regions"])
+    assert set(regions) == {"<obj0>", "<obj1>"}
     # what the training collate makes of it: the corrected cells replace the model's pointers exactly,
     # the uncorrected revisit keeps exactly the cells the model copied
-    expanded = expand_v1g_assistant(text, r["region"], grid)
+    _, expanded = v1g.parse_row(r).expanded()
     spans = parse_detect_spans(expanded)
     assert spans[0]["copies"] == corrected
     assert spans[1]["copies"] == t.revisits[1].patches
@@ -153,18 +157,21 @@ def test_v1g_export_layout_and_corrected_regions(store, tmp_path):
     assert text.replace("<obj0>", "<obj?>").replace("<obj1>", "<obj?>") == model_text
 
     ru = rows[u.trace_id]
-    assert ru["region"]["<obj1>"] == [500.0, 50.0, 600.0, 150.0] and ru["verdict"] == "incorrect"
-    rw = rows[w.trace_id]["conversation"][2]["content"]
-    assert 'detect(query="the \\"red\\" sun", objects=["<obj2>"]) ' in rw
-    assert rw.index("<obj2>") < rw.index("<obj0>")  # inserted before step 2
-    assert expand_v1g_assistant(rw, rows[w.trace_id]["region"], grid).count("<|copy_100|><|copy_101|>") == 1
+    assert json.loads(ru["regions"])["<obj1>"] == [500.0, 50.0, 600.0, 150.0] and ru["verdict"] == "incorrect"
+    rw = rows[w.trace_id]["conversations"][1]["value"]
+    # inserted before step 2 (" at"), one space on each side
+    assert 'Looking detect(query="the \\"red\\" sun", objects=["<obj2>"]) at' in rw
+    assert rw.index("<obj2>") < rw.index("<obj0>")
+    _, rw_expanded = v1g.parse_row(rows[w.trace_id]).expanded()
+    assert rw_expanded.count("<|copy_100|><|copy_101|>") == 1
 
     # filters
     def ids(**kw):
         p = tmp_path / "f.jsonl"
         export_v1g(store, p, images="none", **kw)
-        return {r["id"] for r in _rows(p)}
+        return {r["trace_id"] for r in _rows(p)}
 
+    assert ids() == {t.trace_id, u.trace_id, w.trace_id}  # default: correct, or corrected (u)
     assert ids(verdict="correct") == {t.trace_id, w.trace_id}
     assert ids(verdict=["correct", "incorrect"]) == {t.trace_id, u.trace_id, w.trace_id}
     assert ids(annotator="bo") == {u.trace_id}
@@ -198,33 +205,16 @@ def test_v1g_export_skips_unfixable_and_unfinished(store, tmp_path):
         tx.write_trace(prepared)
     store.save_annotation(u.trace_id, Annotation(annotator="ana", verdict="correct",
                                                  revisit_labels=[RevisitLabel(0, "unnecessary")]))
-    rep = export_v1g(store, tmp_path / "x.jsonl")
+    rep = export_v1g(store, tmp_path / "x.jsonl", verdict=None)
     assert rep.rows == 1 and len(rep.skipped) == 1
     assert rep.skipped[0].startswith(t.trace_id) and "without a corrected region" in rep.skipped[0]
-    assert [r["id"] for r in _rows(tmp_path / "x.jsonl")] == [u.trace_id]  # a running trace is never exported
-
-
-def test_cells_box_round_trips_through_bbox_to_patches():
-    import random
-
-    from v1core.geometry import PatchGrid
-
-    rnd = random.Random(0)
-    for size in [(640, 480), (1782, 225), (333, 777), (1000, 1000), (97, 3001)]:
-        g = PatchGrid.for_image(*size)
-        rows, cols = g.shape
-        for _ in range(40):
-            r0, c0 = rnd.randrange(rows), rnd.randrange(cols)
-            r1, c1 = rnd.randrange(r0, rows), rnd.randrange(c0, cols)
-            cells = [r * cols + c for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
-            box = [round(v, 2) for v in cells_box(g, cells)]
-            assert g.bbox_to_patches(box) == cells, (size, cells, box)
+    assert [r["trace_id"] for r in _rows(tmp_path / "x.jsonl")] == [u.trace_id]  # a running trace never is
 
 
 def test_v1g_export_is_read_by_the_training_code(sqlite_store, tmp_path):
     """The exported JSONL goes through v1core's own v1g reader (the fine-tune path) unchanged."""
     from v1core.demo.finetune import read_v1g_rows
-    from v1core.demo.targets import expand_v1g_row, v1g_question
+    from v1core.demo.targets import expand_v1g_row
 
     (t,) = _labelled(sqlite_store, 1)
     sqlite_store.save_annotation(t.trace_id, Annotation(annotator="ana", verdict="correct", revisit_labels=[
@@ -232,7 +222,7 @@ def test_v1g_export_is_read_by_the_training_code(sqlite_store, tmp_path):
     out = tmp_path / "e.jsonl"
     export_v1g(sqlite_store, out)
     (row,) = read_v1g_rows(out)
-    assert v1g_question(row) == t.question
+    assert v1g.question_of(row) == t.question
     assert parse_detect_spans(expand_v1g_row(row, grid_for((640, 480))))[0]["copies"] == [50, 51]
 
 
@@ -249,15 +239,15 @@ def test_v1g_import_builds_text_only_traces(store, tmp_path):
                                       {"role": "assistant", "content": "no regions here"}],
          "region": {}, "image_size": [640, 480]},
         {"id": "r3", "conversations": [{"from": "human", "value": "Q"}]},
-        {"id": "r4", "image_size": [10, 10], "conversations": [{"from": "human", "value": "Q"},
+        {"id": "r4", "image_size": [10, 10], "conversations": [{"from": "human", "value": "<image>\nQ"},
                                                                {"from": "gpt", "value": "A"}]},
-        {"id": "r5", "image_size": [640, 480], "conversations": [{"from": "human", "value": "Q"},
+        {"id": "r5", "image_size": [640, 480], "conversations": [{"from": "human", "value": "<image>\nQ"},
                                                                  {"from": "gpt", "value": "<obj1>"}],
          "regions": json.dumps({"bogus": [1, 2, 3, 4]})},
-        {"id": "r6", "image": "missing.png", "conversations": [{"from": "human", "value": "Q"},
+        {"id": "r6", "image": "missing.png", "conversations": [{"from": "human", "value": "<image>\nQ"},
                                                                {"from": "gpt", "value": "A"}]},
-        {"id": "r7", "image": "https://example.com/x.png", "conversations": [{"from": "human", "value": "Q"},
-                                                                             {"from": "gpt", "value": "A"}]},
+        {"id": "r7", "image": "https://example.com/x.png",
+         "conversations": [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]},
     ]
     f = tmp_path / "v1g.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -265,7 +255,7 @@ def test_v1g_import_builds_text_only_traces(store, tmp_path):
     assert rep.imported == 2, rep.errors
     errs = {e.line: e.reason for e in rep.errors}
     assert sorted(errs) == [3, 4, 5, 6, 7]
-    assert "needs a human/user turn and a gpt/assistant turn" in errs[3]
+    assert "needs exactly a human turn then a gpt turn" in errs[3]
     assert "at least 28 px" in errs[4]
     assert "not an object key" in errs[5]
     assert "cannot read image 'missing.png'" in errs[6]
@@ -288,8 +278,8 @@ def test_v1g_import_builds_text_only_traces(store, tmp_path):
     out = tmp_path / "back.jsonl"
     export_v1g(store, out, images="none")
     (back,) = _rows(out)
-    assert back["region"] == {"<obj1>": [10, 20, 100, 120]}
-    assert back["conversation"][-1]["content"].startswith('Look. detect(query="cat", objects=["<obj1>"])')
+    assert back["id"] == "r1" and back["regions"] == json.dumps({"<obj1>": [10, 20, 100, 120]})
+    assert back["conversations"] == rows[0]["conversations"] and back["num_tokens"] == 99
 
 
 # ----------------------------------------------------------------------------- Hugging Face
@@ -301,25 +291,26 @@ def test_hf_export_opens_with_datasets_and_reimports(store, tmp_path):
         RevisitLabel(0, "wrong_region", corrected_patches=[0, 1])]))
     store.save_annotation(u.trace_id, Annotation(annotator="ana", verdict="incorrect"))
     out = tmp_path / "hf"
-    rep = export_hf(store, out, shard_rows=1)
+    rep = export_hf(store, out, shard_rows=1, verdict=None)
     assert rep.rows == 2 and len(rep.files) == 2
     ds = datasets.load_dataset("parquet", data_files=str(out / "*.parquet"), split="train",
                                cache_dir=str(tmp_path / "cache"))
-    assert ds.column_names == ["id", "image", "image_size", "num_tokens", "conversations", "regions"]
+    assert ds.column_names == ["id", "image", "conversations", "regions", "image_size", "num_tokens"]
     assert isinstance(ds.features["image"], datasets.Image)
     row = ds[0]
     assert row["image"].size == (640, 480)
     assert row["image_size"] == [640, 480] and isinstance(row["num_tokens"], int)
     assert [c["from"] for c in row["conversations"]] == ["human", "gpt"]
-    assert row["conversations"][0]["value"] == "<image>\n" + t.question
+    assert row["id"] == v1g.numeric_id(t.trace_id)
+    assert row["conversations"][0]["value"] == "<image>\n" + t.question + v1g.PAPER_PROMPT_SUFFIX
     regions = json.loads(row["regions"])
     assert isinstance(row["regions"], str) and set(regions) == {"<obj0>", "<obj1>"}
-    exp = expand_v1g_assistant(row["conversations"][1]["value"], row["regions"], grid_for((640, 480)))
+    _, exp = v1g.parse_row(row).expanded()
     assert parse_detect_spans(exp)[0]["copies"] == [0, 1]
     single = tmp_path / "one.parquet"
     export_hf(store, single, images="none", verdict="incorrect")
     ds1 = datasets.load_dataset("parquet", data_files=str(single), split="train", cache_dir=str(tmp_path / "cache"))
-    assert ds1["id"] == [u.trace_id] and ds1[0]["image"] is None
+    assert ds1["id"] == [v1g.numeric_id(u.trace_id)] and ds1[0]["image"] is None
 
     from storage import Store
 
@@ -329,7 +320,7 @@ def test_hf_export_opens_with_datasets_and_reimports(store, tmp_path):
         assert rep.imported == 2 and rep.ok, rep.errors
         import hashlib
 
-        tr = other.get_trace(hashlib.sha256(f"v1g:{t.trace_id}".encode()).hexdigest()[:32])
+        tr = other.get_trace(hashlib.sha256(f"v1g:{v1g.numeric_id(t.trace_id)}".encode()).hexdigest()[:32])
         assert tr.image_sha256 == t.image_sha256 and other.get_image_bytes(tr.image_sha256) == png_bytes()
         assert [s.patch for s in tr.steps if s.is_copy][:2] == [0, 1]
     finally:
