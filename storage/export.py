@@ -385,18 +385,39 @@ def _ls_rect(box: Sequence[float], w: int, h: int, label: str, rid: str) -> dict
     }
 
 
+LS_LOCAL_FILES = "/data/local-files/?d="
+"""Label Studio serves local files only under this URL, from a Local Storage inside
+`LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT` (docs/EXPORT.md has the setup)."""
+
+
 def export_labelstudio(store: "Store", out: str | os.PathLike, *, images: str = "path", verdict: Any = None,
                        annotator: str | None = None, tag: str | None = None, only_corrected: bool = False,
                        model: str | None = None, trace_ids: Sequence[str] | None = None,
-                       progress: bool = False) -> ExportReport:
-    """Label Studio tasks (a JSON array) for an image + RectangleLabels (`region`) + Choices (`verdict`) config:
-    the model's revisit boxes as `predictions`, the current annotation's regions and verdict as `annotations`.
-    Boxes are in percent of the image. `images`: 'path' (files in `images/`, relative paths — point Label
-    Studio's local storage at that folder), 'embed' (data URIs) or 'none'."""
+                       document_root: str | os.PathLike | None = None, progress: bool = False) -> ExportReport:
+    """Label Studio tasks (a JSON array) for `LABEL_STUDIO_CONFIG` (image + RectangleLabels `region` + Choices
+    `verdict` + TextArea `note`): the model's revisit boxes as `predictions`, the annotation the export uses
+    (`Store.export_heads`) as `annotations`. Boxes are in percent of the image.
+
+    Every task has an integer `id` (`v1core.v1g.numeric_id` of the trace: the SDK's converter needs one), and
+    `meta` = {trace_id, annotator, annotation_version, verdict, answer_correct, note} (Label Studio keeps a
+    task's meta). Region ids say what each box is, so `v1studio import` reads an export back
+    (`storage.importer.import_labelstudio`): `r<revisit>_<j>` a revisit's region (the model's boxes when the
+    label is correct or unnecessary, the correction for wrong_region; region meta text "unnecessary" or
+    "cells" when the label is unnecessary or the correction was given as cells), `add<k>_s<step>_<j>` an added
+    revisit before step `step`.
+
+    `images`: 'path' (default) writes `images/<sha>.<ext>` beside OUT and refers to it as
+    `/data/local-files/?d=<path relative to document_root>` (default document root: OUT's folder) — start Label
+    Studio with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<that
+    folder> and add a Local Storage for `<that folder>/images`; 'embed' puts data URIs in the tasks; 'none'
+    leaves the image out."""
+    from urllib.parse import quote
+
     from v1core.geometry import PatchGrid
 
     check_image_mode(images)
     out = Path(out)
+    root = Path(document_root) if document_root is not None else out.parent
     report = ExportReport(str(out), "labelstudio")
     imgs = ImageFiles(store, images, out.parent, report)
     total = _count(store, verdict=verdict, annotator=annotator, tag=tag, only_corrected=only_corrected, model=model,
@@ -415,43 +436,67 @@ def export_labelstudio(store: "Store", out: str | os.PathLike, *, images: str = 
                 for j, b in enumerate(rv.boxes):
                     pred.append(_ls_rect(b, w, h, label, f"m{rv.index}_{j}"))
                 lab = rec.annotation.label_for(rv.index)
-                if lab is None or lab.label == "unnecessary":
+                if lab is None:
                     continue
+                marker = None
                 if lab.label == "wrong_region":
                     if lab.corrected_box is not None:
                         boxes = [lab.corrected_box]
                     elif lab.corrected_patches:
-                        boxes = grid.component_boxes(lab.corrected_patches)
+                        boxes, marker = grid.component_boxes(lab.corrected_patches), "cells"
                     else:
                         continue
                 else:
                     boxes = list(rv.boxes)
+                    marker = "unnecessary" if lab.label == "unnecessary" else None
                 for j, b in enumerate(boxes):
-                    ann_res.append(_ls_rect(b, w, h, label, f"a{rv.index}_{j}"))
+                    r = _ls_rect(b, w, h, label, f"r{rv.index}_{j}")
+                    if marker:
+                        r["meta"] = {"text": [marker]}
+                    ann_res.append(r)
             for k, ad in enumerate(rec.annotation.added_revisits):
                 boxes = [ad.box] if ad.box is not None else grid.component_boxes(ad.patches)
                 for j, b in enumerate(boxes):
-                    ann_res.append(_ls_rect(b, w, h, ad.query or "added", f"add{k}_{j}"))
+                    r = _ls_rect(b, w, h, ad.query or "added", f"add{k}_s{ad.step}_{j}")
+                    if ad.box is None:
+                        r["meta"] = {"text": ["cells"]}
+                    ann_res.append(r)
             if rec.verdict:
                 ann_res.append({"id": "verdict", "from_name": "verdict", "to_name": "image", "type": "choices",
                                 "value": {"choices": [rec.verdict]}})
+            if rec.annotation.note:
+                ann_res.append({"id": "note", "from_name": "note", "to_name": "image", "type": "textarea",
+                                "value": {"text": [rec.annotation.note]}})
             image: Any = None
             if images == "path":
-                image = imgs.relpath(row.image_sha256)
+                rel = imgs.relpath(row.image_sha256)
+                if rel is not None:
+                    target = (out.parent / rel).resolve()
+                    try:
+                        d = target.relative_to(root.resolve()).as_posix()
+                    except ValueError:
+                        raise ValueError(f"the images folder {target.parent} is not inside the document root "
+                                         f"{root}; Label Studio serves local files only under its document root"
+                                         ) from None
+                    image = LS_LOCAL_FILES + quote(d)
             elif images == "embed":
                 got = imgs.data(row.image_sha256)
                 if got is not None:
                     ext = IMAGE_EXTENSIONS.get(got[1].upper(), "png")
                     mime = "image/" + {"jpg": "jpeg"}.get(ext, ext)
                     image = f"data:{mime};base64," + base64.b64encode(got[0]).decode("ascii")
+            meta = {"trace_id": row.id, "annotator": rec.annotator, "annotation_version": rec.version,
+                    "verdict": rec.verdict, "answer_correct": rec.annotation.answer_correct,
+                    "note": rec.annotation.note}
+            tid = int(v1g.numeric_id(row.id))
             tasks.append({
+                "id": tid,
                 "data": {"image": image, "trace_id": row.id, "question": row.question,
                          "output_text": row.output_text, "model_id": row.model_id},
+                "meta": meta,
                 "predictions": [{"model_version": row.model_id, "result": pred}],
-                "annotations": [{"result": ann_res, "created_at": rec.created_at,
-                                 "meta": {"annotator": rec.annotator, "version": rec.version,
-                                          "answer_correct": rec.annotation.answer_correct,
-                                          "note": rec.annotation.note}}],
+                "annotations": [{"id": tid, "result": ann_res, "created_at": rec.created_at,
+                                 "completed_by": {"email": rec.annotator}, "meta": dict(meta)}],
             })
             report.rows += 1
     with atomic_write(out) as f:
@@ -466,9 +511,10 @@ LABEL_STUDIO_CONFIG = (
     '  <RectangleLabels name="region" toName="image"/>\n'
     '  <Choices name="verdict" toName="image">'
     '<Choice value="correct"/><Choice value="incorrect"/><Choice value="unsure"/></Choices>\n'
+    '  <TextArea name="note" toName="image"/>\n'
     "</View>"
 )
 
-__all__ = ["BUFFER_BYTES", "ExportReport", "IMAGE_MODES", "LABEL_STUDIO_CONFIG", "SkipRow", "TRAINING_DEFAULT",
-           "describe_selection", "export_hf", "export_labelstudio", "export_traces", "export_v1g", "hf_features",
-           "training_row"]
+__all__ = ["BUFFER_BYTES", "ExportReport", "IMAGE_MODES", "LABEL_STUDIO_CONFIG", "LS_LOCAL_FILES", "SkipRow",
+           "TRAINING_DEFAULT", "describe_selection", "export_hf", "export_labelstudio", "export_traces", "export_v1g",
+           "hf_features", "training_row"]

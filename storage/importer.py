@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from .store import Store, Transaction
 
 BATCH = 100
+BATCH_BYTES = 64 * 2**20
+"""Traces are written in batches of at most BATCH traces and about this many bytes (a 2,000-step trace at 16,384
+patches is ~200 MB prepared, so it is written alone): memory stays bounded by bytes, not by trace counts."""
 
 
 @dataclass
@@ -66,6 +70,13 @@ class _Item:
     where: tuple[str, int]
     prepared: "PreparedTrace"
     image: tuple[bytes, int, int, str] | None = None
+
+    @property
+    def n_bytes(self) -> int:
+        """What this item holds in memory, roughly: float32 pointers + their float16 blobs, text, image."""
+        t = self.prepared.trace
+        ptr = len(t.steps) * t.n_patches * 6 if t.has_pointers else 0
+        return ptr + 200 * len(t.steps) + len(t.output_text) + (len(self.image[0]) if self.image else 0)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -173,7 +184,7 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, Any, str | None]]:
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".jsonl", ".json", ".parquet")
-                       and not p.name.endswith(".tmp"))
+                       and not p.name.endswith(".tmp") and not _is_run_summary(p))
         if not files:
             raise FileNotFoundError(f"{path} has no .jsonl or .parquet files")
         return files
@@ -201,9 +212,13 @@ def import_path(store: "Store", path: str | os.PathLike, *, kind: str = "auto", 
     report = ImportReport()
     for file in files:
         report.files.append(str(file))
+        if file.suffix.lower() == ".json" and _starts_with_array(file):
+            import_labelstudio(store, file, report=report)
+            continue
         is_parquet = file.suffix.lower() == ".parquet"
         rows = _iter_parquet(file) if is_parquet else _iter_jsonl(file)
         pending: list[_Item] = []
+        pending_bytes = 0
         bar = tqdm(desc=f"import {file.name}", unit="row", disable=not progress, dynamic_ncols=True)
         try:
             for n, obj, err in rows:
@@ -220,9 +235,10 @@ def import_path(store: "Store", path: str | os.PathLike, *, kind: str = "auto", 
                     continue
                 item.where = where
                 pending.append(item)
-                if len(pending) >= BATCH:
+                pending_bytes += item.n_bytes
+                if len(pending) >= BATCH or pending_bytes >= BATCH_BYTES:
                     _write(store, pending, report)
-                    pending = []
+                    pending, pending_bytes = [], 0
         except Exception as exc:  # noqa: BLE001 - unreadable file (bad parquet, …): report, go on with others
             report.errors.append(LineError(str(file), 0, f"cannot read the file: {_reason(exc)}"))
         finally:
@@ -310,4 +326,148 @@ def _write(store: "Store", items: list[_Item], report: ImportReport) -> None:
             report.errors.append(LineError(it.where[0], it.where[1], _reason(exc)))
 
 
-__all__ = ["ImportReport", "import_path", "trace_from_v1g"]
+def _is_run_summary(path: Path) -> bool:
+    """A batch run's own `summary-*.json` (counts and timings, no traces): never imported."""
+    return path.suffix.lower() == ".json" and path.name.startswith("summary-")
+
+
+def _starts_with_array(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(256).lstrip()
+    return head.startswith(b"[")
+
+
+# ----------------------------------------------------------------------------- Label Studio, back in
+_LS_REVISIT = re.compile(r"^r(\d+)_\d+$")
+_LS_ADDED = re.compile(r"^add\d+_s(\d+)_\d+$")
+
+
+def _ls_box(res: Mapping[str, Any], w: int, h: int) -> tuple[float, float, float, float]:
+    v = res["value"]
+    ow, oh = float(res.get("original_width") or w), float(res.get("original_height") or h)
+    x0, y0 = float(v["x"]) * ow / 100.0, float(v["y"]) * oh / 100.0
+    x1, y1 = x0 + float(v["width"]) * ow / 100.0, y0 + float(v["height"]) * oh / 100.0
+    return tuple(round(c, 2) for c in (x0, y0, x1, y1))  # type: ignore[return-value]
+
+
+def _same_box(a: Any, b: Any, tol: float = 0.01) -> bool:
+    return all(abs(float(x) - float(y)) <= tol for x, y in zip(a, b, strict=True))
+
+
+def _ls_annotator(task: Mapping[str, Any], ann: Mapping[str, Any]) -> str:
+    who = ann.get("completed_by")
+    if isinstance(who, Mapping) and who.get("email"):
+        return str(who["email"])
+    meta = ann.get("meta") if isinstance(ann.get("meta"), Mapping) else task.get("meta") or {}
+    return str(meta.get("annotator") or "labelstudio")
+
+
+def annotation_from_labelstudio(task: Mapping[str, Any], trace: Trace, revisits: list[Any]) -> Any:
+    """The v1 Studio `Annotation` of a Label Studio task's last annotation (made by `export labelstudio`, then
+    maybe edited in Label Studio): verdict from the `verdict` choice, note from the `note` text, each revisit's
+    label from its `r<i>_<j>` boxes (the model's boxes: correct, or unnecessary when the region's meta says
+    so; other boxes: wrong_region with that box, or with the cells they cover when the meta says "cells"), a
+    revisit without boxes stays unlabelled, and every other box is an added revisit (before the step in its
+    `add<k>_s<step>` id; a box drawn in Label Studio goes before the answer, after `</think>`'s step)."""
+    from .annotations import AddedRevisit, Annotation, RevisitLabel
+
+    anns = [a for a in task.get("annotations") or [] if isinstance(a, Mapping) and not a.get("was_cancelled")]
+    if not anns:
+        raise ValueError("the task has no annotation")
+    ann = anns[-1]
+    w, h = trace.image_size
+    grid = trace.patch_grid()
+    meta = task.get("meta") if isinstance(task.get("meta"), Mapping) else {}
+    verdict, note = None, meta.get("note") or ""
+    by_rev: dict[int, list[tuple[tuple[float, ...], str | None]]] = {}
+    added: list[AddedRevisit] = []
+    end_step = next((s.index for s in trace.steps if "</think>" in s.text), len(trace.steps))
+    for res in ann.get("result") or []:
+        kind = res.get("type")
+        if kind == "choices" and res.get("from_name") == "verdict":
+            choices = (res.get("value") or {}).get("choices") or []
+            verdict = choices[0] if choices else None
+        elif kind == "textarea" and res.get("from_name") == "note":
+            note = "\n".join((res.get("value") or {}).get("text") or [])
+        elif kind == "rectanglelabels":
+            box = _ls_box(res, w, h)
+            marker = ((res.get("meta") or {}).get("text") or [None])[0]
+            rid = str(res.get("id") or "")
+            m = _LS_REVISIT.match(rid)
+            if m and int(m.group(1)) < len(revisits):
+                by_rev.setdefault(int(m.group(1)), []).append((box, marker))
+                continue
+            m = _LS_ADDED.match(rid)
+            label = ((res.get("value") or {}).get("rectanglelabels") or [""])[0]
+            step = int(m.group(1)) if m else end_step
+            if marker == "cells":
+                added.append(AddedRevisit(step=step, patches=grid.bbox_to_patches(_inset(box, grid)), query=label))
+            else:
+                added.append(AddedRevisit(step=step, box=box, query=label))
+    labels = []
+    for idx in sorted(by_rev):
+        got = by_rev[idx]
+        model_boxes = list(revisits[idx].boxes)
+        if len(got) == len(model_boxes) and all(_same_box(b, mb) for (b, _), mb in zip(got, model_boxes)):
+            labels.append(RevisitLabel(idx, "unnecessary" if got[0][1] == "unnecessary" else "correct"))
+        elif got[0][1] == "cells":
+            cells = sorted({c for b, _ in got for c in grid.bbox_to_patches(_inset(b, grid))})
+            labels.append(RevisitLabel(idx, "wrong_region", corrected_patches=cells))
+        else:
+            labels.append(RevisitLabel(idx, "wrong_region", corrected_box=got[0][0]))
+    answer = meta.get("answer_correct")
+    return Annotation(annotator=_ls_annotator(task, ann), verdict=verdict,
+                      answer_correct=answer if isinstance(answer, bool) else None, note=note,
+                      revisit_labels=labels, added_revisits=added)
+
+
+def _inset(box: Any, grid: Any) -> list[float]:
+    """A cell-edge box shrunk by a quarter of a resized pixel, so that it covers exactly the cells it outlines."""
+    sx = 0.25 * grid.image_size[0] / grid.resized[0]
+    sy = 0.25 * grid.image_size[1] / grid.resized[1]
+    return [box[0] + sx, box[1] + sy, box[2] - sx, box[3] - sy]
+
+
+def import_labelstudio(store: "Store", path: str | os.PathLike, *, report: ImportReport | None = None
+                       ) -> ImportReport:
+    """Read a Label Studio export (JSON array of tasks, as `export labelstudio` writes and Label Studio exports
+    it) back: each task's trace (by `data.trace_id` or `meta.trace_id`) must be in the store; its last
+    annotation becomes a new annotation version (skipped when it says exactly what the current one says). A bad
+    task is reported with its position."""
+    report = report if report is not None else ImportReport()
+    path = Path(path)
+    try:
+        tasks = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        report.errors.append(LineError(str(path), 0, f"not a Label Studio export: {exc}"))
+        return report
+    if not isinstance(tasks, list):
+        report.errors.append(LineError(str(path), 0, "a Label Studio export is a JSON array of tasks"))
+        return report
+    for n, task in enumerate(tasks, start=1):
+        try:
+            if not isinstance(task, Mapping):
+                raise ValueError("a task must be a JSON object")
+            data = task.get("data") if isinstance(task.get("data"), Mapping) else {}
+            meta = task.get("meta") if isinstance(task.get("meta"), Mapping) else {}
+            tid = data.get("trace_id") or meta.get("trace_id")
+            if not tid:
+                raise ValueError("the task names no trace (data.trace_id); only tasks exported by v1 Studio are read")
+            if not store.trace_exists(str(tid)):
+                raise ValueError(f"trace {tid} is not in this store; import its traces first")
+            trace = store.get_trace(str(tid))
+            ann = annotation_from_labelstudio(task, trace, trace.revisits)
+            cur = store.get_annotation(str(tid))
+            if cur is not None and cur.annotation.to_dict() == ann.validate().to_dict():
+                report.skipped += 1
+                continue
+            store.save_annotation(str(tid), ann, expected_version=None)
+            report.imported += 1
+            report.trace_ids.append(str(tid))
+        except Exception as exc:  # noqa: BLE001 - a bad task is that task's error
+            report.errors.append(LineError(str(path), n, _reason(exc)))
+    return report
+
+
+__all__ = ["BATCH_BYTES", "ImportReport", "annotation_from_labelstudio", "import_labelstudio", "import_path",
+           "trace_from_v1g"]

@@ -189,3 +189,97 @@ def test_cli_training_exports_say_their_selection(tmp_path):
     assert res.exit_code == 0 and "2 row(s)" in res.output and "every labelled trace" in res.output, res.output
     res = runner.invoke(app, ["export", "v1g", str(tmp_path / "i.jsonl"), "--verdict", "incorrect", "--db", db])
     assert "1 row(s)" in res.output and "judged incorrect" in res.output
+
+
+# ----------------------------------------------------------------------------- Label Studio
+def _ls_store(tmp_path):
+    from storage import AddedRevisit
+    from tests.builders import make_trace, png_bytes
+
+    store = Store(f"sqlite:///{tmp_path / 'ls.db'}")
+    sha = store.put_image(png_bytes(), 640, 480, "PNG")
+    t = make_trace(boxes=(("triangle", (100, 120, 220, 230)), ("circle", (300, 300, 400, 420)),
+                          ("sun", (20, 20, 90, 80))), image_sha256=sha)
+    store.save_trace(t)
+    ann = Annotation(annotator="ana", verdict="incorrect", answer_correct=False, note="looked at the <b>cup</b>",
+                     revisit_labels=[RevisitLabel(0, "wrong_region", corrected_box=(64, 48, 320, 240)),
+                                     RevisitLabel(1, "correct"), RevisitLabel(2, "unnecessary")],
+                     added_revisits=[AddedRevisit(step=3, box=(500, 50, 600, 150), query="handle"),
+                                     AddedRevisit(step=5, patches=[0, 1, 23, 24], query="corner")])
+    store.save_annotation(t.trace_id, ann)
+    return store, t
+
+
+def _fresh_copy(store, t, tmp_path):
+    """A second store holding the same trace (no annotation), as on another machine."""
+    other = Store(f"sqlite:///{tmp_path / 'other.db'}")
+    other.put_image(store.get_image_bytes(t.image_sha256), 640, 480, "PNG")
+    other.save_trace(store.get_trace(t.trace_id))
+    return other
+
+
+def test_labelstudio_tasks_read_by_the_sdk_converter_and_back(tmp_path):
+    from label_studio_sdk.converter import Converter
+
+    from storage.export import LABEL_STUDIO_CONFIG, export_labelstudio
+
+    store, t = _ls_store(tmp_path)
+    out = tmp_path / "ls" / "tasks.json"
+    rep = export_labelstudio(store, out)
+    assert rep.rows == 1 and rep.images_written == 1
+    (task,) = json.loads(out.read_text())
+    assert isinstance(task["id"], int) and task["id"] == int(v1g.numeric_id(t.trace_id))
+    img = task["data"]["image"]
+    assert img.startswith("/data/local-files/?d=images/") and (out.parent / img.split("?d=")[1]).is_file()
+    assert task["meta"] == {"trace_id": t.trace_id, "annotator": "ana", "annotation_version": 1,
+                            "verdict": "incorrect", "answer_correct": False, "note": "looked at the <b>cup</b>"}
+    # the SDK's converter (JSON_MIN and CSV) reads the tasks with the project's labelling config
+    conv = Converter(config=LABEL_STUDIO_CONFIG, project_dir=str(tmp_path), download_resources=False)
+    conv.convert(str(out), str(tmp_path / "min"), "JSON_MIN", is_dir=False)
+    (rec,) = json.loads((tmp_path / "min" / "result.json").read_text())
+    assert rec["id"] == task["id"] and rec["verdict"] == "incorrect" and rec["note"] == "looked at the <b>cup</b>"
+    boxes = rec["region"]
+    n_rects = sum(1 for r in task["annotations"][0]["result"] if r["type"] == "rectanglelabels")
+    assert len(boxes) == n_rects and {"triangle", "circle", "sun", "handle", "corner"} == {
+        b["rectanglelabels"][0] for b in boxes}
+    first = next(b for b in boxes if b["rectanglelabels"] == ["triangle"])
+    assert (first["x"], first["y"], first["width"], first["height"]) == pytest.approx((10, 10, 40, 40))
+    # two-way: the export read back into another store keeps every box and label
+    other = _fresh_copy(store, t, tmp_path)
+    try:
+        back = import_path(other, out)
+        assert back.ok and back.imported == 1, back.errors
+        got = other.get_annotation(t.trace_id).annotation
+        want = store.get_annotation(t.trace_id).annotation
+        assert got.to_dict() == want.to_dict()
+        assert import_path(other, out).skipped == 1  # nothing new: no second version
+    finally:
+        other.close()
+
+
+def test_labelstudio_edits_come_back_as_a_new_version(tmp_path):
+    from storage.export import export_labelstudio
+
+    store, t = _ls_store(tmp_path)
+    out = tmp_path / "tasks.json"
+    export_labelstudio(store, out, images="embed")
+    tasks = json.loads(out.read_text())
+    assert tasks[0]["data"]["image"].startswith("data:image/png;base64,")
+    res = tasks[0]["annotations"][0]["result"]
+    circle = next(r for r in res if r["id"].startswith("r1_"))
+    circle["value"].update(x=50.0, y=50.0, width=10.0, height=10.0)  # the annotator moved the circle's box
+    res.append({"id": "Xy12ab", "from_name": "region", "to_name": "image", "type": "rectanglelabels",
+                "original_width": 640, "original_height": 480,
+                "value": {"x": 0, "y": 50, "width": 25, "height": 25, "rotation": 0, "rectanglelabels": ["moon"]}})
+    next(r for r in res if r["id"] == "verdict")["value"]["choices"] = ["correct"]
+    tasks[0]["annotations"][0]["completed_by"] = {"email": "rita@example.org"}
+    out.write_text(json.dumps(tasks))
+    rep = import_path(store, out)
+    assert rep.ok and rep.imported == 1, rep.errors
+    history = store.annotation_history(t.trace_id)
+    new = history[-1].annotation
+    assert new.annotator == "rita@example.org" and new.verdict == "correct"
+    assert new.label_for(1).label == "wrong_region" and new.label_for(1).corrected_box == (320.0, 240.0, 384.0, 288.0)
+    assert new.label_for(0).corrected_box == (64.0, 48.0, 320.0, 240.0) and new.label_for(2).label == "unnecessary"
+    moon = next(a for a in new.added_revisits if a.query == "moon")
+    assert moon.box == (0.0, 240.0, 160.0, 360.0)
