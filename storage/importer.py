@@ -327,8 +327,8 @@ def _write(store: "Store", items: list[_Item], report: ImportReport) -> None:
 
 
 def _is_run_summary(path: Path) -> bool:
-    """A batch run's own `summary-*.json` (counts and timings, no traces): never imported."""
-    return path.suffix.lower() == ".json" and path.name.startswith("summary-")
+    """A batch run's own `summary.json` / `summary-rank*.json` (counts and timings, no traces): never imported."""
+    return path.suffix.lower() == ".json" and (path.name == "summary.json" or path.name.startswith("summary-"))
 
 
 def _starts_with_array(path: Path) -> bool:

@@ -182,3 +182,34 @@ def test_batch_and_interactive_traces_end_alike(dataset, tmp_path, monkeypatch):
     assert [s.token_id for s in run.steps] == [s["token_id"] for s in batch["steps"]] == ids[: stop_at + 1]
     assert run.output_text == batch["output_text"] == proc.decode(ids[:stop_at])
     assert run.status == batch["status"] == "complete"
+
+
+def test_a_run_copied_elsewhere_imports_with_its_images(dataset, tmp_path, monkeypatch):
+    """`v1studio trace --out` with the demo model, the folder copied to another machine, `v1studio import` of the
+    copy into a fresh store: every trace has its image (the viewer draws it), the run's summaries are not read."""
+    import shutil
+
+    from storage import Store
+    from storage.importer import import_path
+
+    out = tmp_path / "gpu" / "runs"
+    r = _cli("trace", str(dataset / "data.jsonl"), "--out", str(out), "--max-new-tokens", "4", "--limit", "3")
+    assert r.returncode == 0, r.stderr
+    assert (out / "summary-rank000.json").is_file() and len(list((out / "images").iterdir())) == 3
+    laptop = tmp_path / "laptop" / "runs"
+    shutil.copytree(out, laptop)
+    db = f"sqlite:///{tmp_path / 'laptop' / 'v1studio.db'}"
+    store = Store(db)
+    try:
+        rep = import_path(store, laptop)
+        assert rep.ok and rep.imported == 3, rep.errors
+        assert not any("summary" in f for f in rep.files)
+        shas = [store.get_trace(tid).image_sha256 for tid in rep.trace_ids]
+        for sha in shas:
+            assert (laptop / "images" / f"{sha}.png").read_bytes() == store.get_image_bytes(sha)
+    finally:
+        store.close()
+    from app import resources  # the viewer's image loader finds the picture
+
+    monkeypatch.setenv("V1STUDIO_DB", db)
+    assert all(resources.trace_image(sha) is not None for sha in shas)

@@ -172,7 +172,9 @@ class Sink(Protocol):
 
 
 class JsonlShardSink:
-    """`<out>/traces-rank{r}-of-{w}.jsonl`: full traces (with float16 pointers) that `v1studio import` reads."""
+    """`<out>/traces-rank{r}-of-{w}.jsonl`: full traces (with float16 pointers) that `v1studio import` reads, and
+    their images in `<out>/images/<sha256>.<ext>` (each line's `image.path`), so a run copied to another machine
+    imports with its pictures."""
 
     def __init__(self, out_dir: str | os.PathLike, rank: int = 0, world: int = 1):
         self.dir = Path(out_dir)
@@ -202,12 +204,39 @@ class JsonlShardSink:
         return keys
 
     def write(self, trace: Trace, item: TraceItem) -> None:
-        self.f.write(json.dumps(trace.to_dict(), ensure_ascii=False) + "\n")
+        d = trace.to_dict()
+        rel = self._put_image(trace.image_sha256, item.image_bytes)
+        if rel is not None:
+            d["image"] = {"path": rel}  # the importer reads it (and checks its sha256)
+        self.f.write(json.dumps(d, ensure_ascii=False) + "\n")
         self.f.flush()
         os.fsync(self.f.fileno())
 
+    def _put_image(self, sha256: str, data: bytes | None) -> str | None:
+        """`images/<sha256>.<ext>` beside the shards, written once (content-addressed; ranks may race to write the
+        same file: each writes a private temporary file and renames it, so the file is always whole)."""
+        if not data or not sha256:
+            return None
+        rel = f"images/{sha256}.{_image_ext(data)}"
+        target = self.dir / rel
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        return rel
+
     def close(self) -> None:
         self.f.close()
+
+
+def _image_ext(data: bytes) -> str:
+    for magic, ext in ((b"\x89PNG", "png"), (b"\xff\xd8", "jpg"), (b"GIF8", "gif"), (b"BM", "bmp")):
+        if data.startswith(magic):
+            return ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return "img"
 
 
 @dataclass
