@@ -18,7 +18,7 @@ import streamlit as st
 from .canvas_data import CanvasFeed, CanvasSelection, selection_of, view_payload
 from .figures import HeatmapStyle
 
-__all__ = ["BUNDLE", "CanvasResult", "feed", "move_canvas", "trace_canvas"]
+__all__ = ["BUNDLE", "CanvasResult", "feed", "move_canvas", "sync_feed", "trace_canvas"]
 
 BUNDLE = Path(__file__).resolve().parent / "frontend" / "dist" / "trace_canvas.js"
 _NAME = "v1studio.trace_canvas"
@@ -53,6 +53,16 @@ class CanvasResult:
     selection: CanvasSelection | None
 
 
+def sync_feed(key: str) -> CanvasFeed:
+    """The feed of canvas `key` with the step its browser last reported (call before drawing what depends on
+    it; trace_canvas does it too)."""
+    f = feed(key)
+    value = st.session_state[key] if key in st.session_state else None
+    if hasattr(value, "get"):
+        f.reported(value.get("step"))
+    return f
+
+
 def _on_need(key: str) -> None:
     value = st.session_state.get(key) or {}
     feed(key).request(value.get("need") if hasattr(value, "get") else None)
@@ -66,13 +76,13 @@ def _on_step(key: str) -> None:
 def trace_canvas(trace: Any, revisits: list, image_uri: str | None, *, key: str,
                  style: HeatmapStyle | None = None, regions: str = "current", edit: bool = False,
                  selected: list[int] | tuple[int, ...] = (), height: int = 520,
-                 sync_url: bool = False) -> CanvasResult:
+                 sync_url: bool = False, boxes: list[dict[str, Any]] | tuple = ()) -> CanvasResult:
     """Mount the canvas for `trace` (its pointers must be loaded) and return what the browser reported."""
     style = style or HeatmapStyle()
-    f = feed(key)
+    f = sync_feed(key)
     view = view_payload(colorscale=style.colorscale, log=style.log, opacity=style.opacity,
                         show_argmax=style.show_argmax, regions=regions, edit=edit, selected=selected, height=height,
-                        sync_url=sync_url)
+                        sync_url=sync_url, boxes=boxes)
     data = f.data(trace, revisits, image_uri, view)
     result = _component()(key=key, data=data, default={"step": f.step},
                           on_step_change=lambda: _on_step(key), on_selection_change=lambda: None,

@@ -51,6 +51,7 @@ __all__ = [
     "colour_lut",
     "dequantise_pointers",
     "quantise_pointers",
+    "region_boxes",
     "revisit_boxes",
     "selection_of",
     "static_payload",
@@ -138,21 +139,25 @@ def _grid(trace: Any) -> PatchGrid:
     return PatchGrid.from_resized(trace.image_size, trace.resized_size)
 
 
+def region_boxes(trace: Any, patches: Iterable[int], label: str) -> list[dict[str, Any]]:
+    """A patch set as one box per 4-connected group, in image fractions, labelled ``label`` (one group) or
+    ``label·1``, ``label·2`` …"""
+    grid = _grid(trace)
+    w, h = (float(v) for v in trace.image_size)
+    ids = sorted({int(p) for p in patches if 0 <= int(p) < grid.n_patches})
+    boxes = grid.component_boxes(ids)
+    return [{"box": [round(b[0] / w, 6), round(b[1] / h, 6), round(b[2] / w, 6), round(b[3] / h, 6)],
+             "label": label if len(boxes) == 1 else f"{label}·{j + 1}"} for j, b in enumerate(boxes)]
+
+
 def revisit_boxes(trace: Any, revisits: Sequence[Any]) -> list[dict[str, Any]]:
     """Each revisit as ``{"start", "end", "patches", "boxes": [{"box": [x0, y0, x1, y1], "label"}], "query"}``:
     one box per 4-connected group of its patches (PatchGrid.component_boxes) as image fractions, labelled
     ``R<i>`` for a single group and ``R<i>·1``, ``R<i>·2`` … for several."""
-    grid = _grid(trace)
-    w, h = (float(v) for v in trace.image_size)
-    out = []
-    for i, rv in enumerate(revisits):
-        ids = sorted({int(p) for p in rv.patches if 0 <= int(p) < grid.n_patches})
-        boxes = grid.component_boxes(ids)
-        labelled = [{"box": [round(b[0] / w, 6), round(b[1] / h, 6), round(b[2] / w, 6), round(b[3] / h, 6)],
-                     "label": f"R{i + 1}" if len(boxes) == 1 else f"R{i + 1}·{j + 1}"} for j, b in enumerate(boxes)]
-        out.append({"start": int(rv.start_step), "end": int(rv.end_step), "patches": ids, "boxes": labelled,
-                    "query": rv.query})
-    return out
+    n = int(trace.grid[0]) * int(trace.grid[1])
+    return [{"start": int(rv.start_step), "end": int(rv.end_step),
+             "patches": sorted({int(p) for p in rv.patches if 0 <= int(p) < n}),
+             "boxes": region_boxes(trace, rv.patches, f"R{i + 1}"), "query": rv.query} for i, rv in enumerate(revisits)]
 
 
 def _finite(v: Any, digits: int = 4) -> float | None:
@@ -214,10 +219,12 @@ def colour_lut(colorscale: str, *, log: bool, decades: float = LOG_DECADES) -> s
 
 def view_payload(*, colorscale: str = "Inferno", log: bool = False, opacity: float = 0.65, show_argmax: bool = True,
                  regions: str = "current", edit: bool = False, selected: Iterable[int] = (),
-                 height: int = 520, sync_url: bool = False) -> dict[str, Any]:
+                 height: int = 520, sync_url: bool = False,
+                 boxes: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """The per-render part of the canvas data: style, region mode ("current" / "all" / "none"), edit mode with
     its selected patch ids, whether the canvas keeps ``?step=`` of the address bar current (the Viewer)
-    (CanvasFeed.data adds the step to show and its nonce)."""
+    and extra ``boxes`` to draw at every step (``{"box": [x0, y0, x1, y1] as image fractions, "label"}``, e.g. a
+    region from :func:`region_boxes`) (CanvasFeed.data adds the step to show and its nonce)."""
     if regions not in ("current", "all", "none"):
         raise ValueError(f"regions must be 'current', 'all' or 'none', got {regions!r}")
     return {
@@ -229,6 +236,7 @@ def view_payload(*, colorscale: str = "Inferno", log: bool = False, opacity: flo
         "selected": sorted({int(k) for k in selected}),
         "height": int(height),
         "sync_url": bool(sync_url),
+        "boxes": [{"box": [float(v) for v in b["box"]], "label": str(b.get("label", ""))} for b in boxes],
     }
 
 
@@ -282,6 +290,7 @@ class CanvasFeed:
         self.wanted: list[int] = []
         self.step = 0
         self.nonce = 0
+        self.last_report: int | None = None
 
     def request(self, need: Any) -> None:
         """Record a ``{"trace_id", "windows": [k…], "base": bool}`` request from the browser."""
@@ -299,8 +308,10 @@ class CanvasFeed:
         self.nonce += 1
 
     def reported(self, step: Any) -> None:
-        """The browser reports the step it shows (not a move: the nonce stays)."""
-        if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+        """The browser reports the step it shows (not a move: the nonce stays). Only a new report counts: the
+        state value stays the same across runs, and must not undo a later server move."""
+        if isinstance(step, int) and not isinstance(step, bool) and step >= 0 and step != self.last_report:
+            self.last_report = step
             self.step = step
 
     def data(self, trace: Any, revisits: Sequence[Any], image_uri: str | None, view: dict[str, Any],

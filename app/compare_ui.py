@@ -1,14 +1,17 @@
-"""The Compare page: two synced pointer panels, their difference map and per-step metrics.
+"""The Compare page: two pointer panels (trace canvases), their difference map and per-step metrics.
 
 Modes
-- "Two steps": steps A and B of one trace.
+- "Two steps": steps A and B of one trace, each on its own canvas.
 - "Two traces": two traces of the same image (other settings, another model, a re-decoded branch),
-  aligned by step index, one slider for both.
+  aligned by step index: stepping either canvas moves the other to the same step ("Lock steps").
 - "Pointer vs region": the model's pointer against a patch set — a revisit's region, typed patch ids, or
-  patches picked on the grid (annotations from storage can be passed to `render_pointer_vs_region`).
+  patches picked on the canvas in edit mode (annotations from storage can be passed to
+  `render_pointer_vs_region`).
 
-Metrics are `app.compare` pure functions. Widget keys: compare_mode, compare_trace_a, compare_trace_b,
-compare_step, compare_step_a, compare_step_b, region_source, region_revisit, region_ids, region_picker.
+The canvases step in the browser (app/canvas.py) and report the step they show; the metrics, difference map
+and per-step chart follow that step. Metrics are `app.compare` pure functions. Widget keys: compare_mode,
+compare_trace_a, compare_trace_b, compare_lock, cmp_canvas_a, cmp_canvas_b (canvases), region_source,
+region_revisit, region_ids, cmp_canvas_region, region_clear.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from . import compare, resources, state
-from .figures import HeatmapCanvas, HeatmapStyle, difference_figure, patch_picker_figure, step_title
+from .canvas import feed, sync_feed, trace_canvas
+from .canvas_data import region_boxes
+from .figures import HeatmapStyle, difference_figure
 from .safe_text import md_escape
 from .widgets import PLOTLY_CONFIG, empty_state, heatmap_style_controls, trace_picker
 
@@ -70,19 +75,15 @@ def _steps_label(rv: Any) -> str:
     return f"steps {rv.start_step}–{rv.end_step - 1}" if rv.end_step - rv.start_step > 1 else f"step {rv.start_step}"
 
 
-def _canvas(trace: Any, style: HeatmapStyle, height: int | None = None) -> HeatmapCanvas:
-    return HeatmapCanvas(tuple(trace.image_size), tuple(trace.grid), resources.image_uri(trace.image_sha256),
-                         style, height)
-
-
-def _panel(col: Any, trace: Any, index: int, style: HeatmapStyle, label: str, *, region_boxes: Sequence = (),
-           key: str) -> None:
-    step = trace.steps[index]
-    fig = _canvas(trace, style, 380).figure(
-        step.pointer, copied_patch=step.patch if step.is_copy else None, region_boxes=region_boxes,
-        title=f"{label} · {step_title(step, short=True)}", meta={"step": index, "panel": label},
-    )
-    col.plotly_chart(fig, key=key, theme=None, config=PLOTLY_CONFIG, width="stretch")
+def _panel(col: Any, trace: Any, style: HeatmapStyle, key: str, *, start: int = 0, boxes: Sequence = (),
+           edit: bool = False, selected: Sequence[int] = ()) -> Any:
+    """A trace canvas in `col` (first shown at `start`); returns its CanvasResult (the step it shows)."""
+    f = feed(key)
+    if f.trace_id != trace.trace_id:
+        f.move_to(start)
+    with col:
+        return trace_canvas(trace, resources.trace_revisits(trace.trace_id), resources.image_uri(trace.image_sha256),
+                            key=key, style=style, height=360, boxes=list(boxes), edit=edit, selected=list(selected))
 
 
 def _diff_panel(col: Any, trace: Any, p: np.ndarray, q: np.ndarray, key: str, region_boxes: Sequence = (),
@@ -103,17 +104,6 @@ def _metrics_row(m: compare.PointerComparison) -> None:
     if m.mass_a is not None:
         c[4].metric("mass A in region", f"{m.mass_a:.1%}")
         c[5].metric("mass B in region", f"{m.mass_b:.1%}")
-
-
-def _step_slider(label: str, key: str, n: int, default: int = 0) -> int:
-    if n <= 1:
-        st.caption(f"{label}: 0 (the only step)")
-        return 0
-    if key in st.session_state:
-        st.session_state[key] = int(min(max(int(st.session_state[key]), 0), n - 1))
-    else:
-        st.session_state[key] = int(min(default, n - 1))
-    return int(st.slider(label, 0, n - 1, key=key))
 
 
 def _series_chart(series: dict[str, np.ndarray], columns: dict[str, str], current: int, key: str,
@@ -142,18 +132,15 @@ def _two_steps(trace_id: str, style: HeatmapStyle) -> None:
     n = len(trace.steps)
     revisits = resources.trace_revisits(trace_id)
     later = [rv.start_step for rv in revisits if rv.start_step > 0]
-    default_b = later[0] if later else n // 2
+    default_b = min(later[0] if later else n // 2, n - 1)
+    st.caption("Step each canvas on its own (click it, then ← / →); the metrics and the difference follow.")
     c1, c2 = st.columns(2)
-    with c1:
-        ia = _step_slider("Step A", "compare_step_a", n, 0)
-    with c2:
-        ib = _step_slider("Step B", "compare_step_b", n, default_b)
+    ia = _panel(c1, trace, style, "cmp_canvas_a").step
+    ib = _panel(c2, trace, style, "cmp_canvas_b", start=default_b).step
     pa, pb = trace.steps[ia].pointer, trace.steps[ib].pointer
+    st.markdown(f"**Step A = {ia} · step B = {ib}**")
     _metrics_row(compare.compare_pointers(pa, pb))
-    p1, p2, p3 = st.columns(3)
-    _panel(p1, trace, ia, style, "A", key="cmp_a")
-    _panel(p2, trace, ib, style, "B", key="cmp_b")
-    _diff_panel(p3, trace, pa, pb, key="cmp_diff")
+    _diff_panel(st, trace, pa, pb, key="cmp_diff")
     # every step against step A: how far the pointer moves away from it
     stack = trace.pointer_matrix()
     ref = np.broadcast_to(stack[ia], stack.shape)
@@ -186,17 +173,22 @@ def _two_traces(a_id: str, b_id: str, style: HeatmapStyle) -> None:
                 f"{'changed' if d['answer_changed'] else 'unchanged'}: {md_escape(d['parent_answer'])!s} → "
                 f"{md_escape(d['branch_answer'])!s}")
         default_step = d["first_divergent_step"] or 0
-    i = _step_slider("Step (both traces)", "compare_step", n, default_step)
+    lock = st.toggle("Lock steps", True, key="compare_lock",
+                     help="stepping either canvas moves the other to the same step")
+    if lock:
+        _lock_steps(n)
+    c1, c2 = st.columns(2)
+    ra_, rb_ = _panel(c1, ta, style, "cmp_canvas_a", start=default_step), _panel(c2, tb, style, "cmp_canvas_b",
+                                                                                 start=default_step)
+    i = min(ra_.step, n - 1)
+    st.markdown(f"**Step {i}** (A shows {ra_.step}, B shows {rb_.step})" if ra_.step != rb_.step else f"**Step {i}**")
     if same_grid:
         _metrics_row(compare.compare_pointers(ta.steps[i].pointer, tb.steps[i].pointer))
     else:
         st.warning(f"The traces use different patch grids ({ta.grid[0]}×{ta.grid[1]} vs {tb.grid[0]}×{tb.grid[1]}): "
                    "distribution metrics need the same grid, so only the panels are shown.")
-    p1, p2, p3 = st.columns(3)
-    _panel(p1, ta, i, style, "A", key="cmp_a")
-    _panel(p2, tb, i, style, "B", key="cmp_b")
     if same_grid:
-        _diff_panel(p3, ta, ta.steps[i].pointer, tb.steps[i].pointer, key="cmp_diff")
+        _diff_panel(st, ta, ta.steps[i].pointer, tb.steps[i].pointer, key="cmp_diff")
         series = compare.compare_pointer_series(ta.pointer_matrix(), tb.pointer_matrix())
         st.markdown("**Per step**")
         _series_chart(series, {"js_bits": "JS divergence (bits)", "argmax_distance": "argmax distance (patches)"}, i,
@@ -210,6 +202,23 @@ def _two_traces(a_id: str, b_id: str, style: HeatmapStyle) -> None:
         st.dataframe(compare.revisit_iou_table(ra, rb), hide_index=True, width="stretch")
     else:
         st.caption("Neither trace has revisits.")
+
+
+_LAST = "_cmp_lock_last"
+
+
+def _lock_steps(n: int) -> None:
+    """"Lock steps": the canvas whose browser reported a new step leads; the other is moved to it."""
+    fa, fb = sync_feed("cmp_canvas_a"), sync_feed("cmp_canvas_b")
+    if fa.trace_id is None or fb.trace_id is None:
+        return
+    a, b = min(fa.step, n - 1), min(fb.step, n - 1)
+    last = st.session_state.get(_LAST, (a, b))
+    if a != b:
+        lead = b if (b != last[1] and a == last[0]) else a
+        (fb if lead == a else fa).move_to(lead)
+        a = b = lead
+    st.session_state[_LAST] = (a, b)
 
 
 # ----------------------------------------------------------------------------- (c) pointer vs a region
@@ -233,51 +242,42 @@ def _region_mode(trace: Any, style: HeatmapStyle) -> None:
         except ValueError as exc:
             st.error(md_escape(str(exc)))
     else:
-        region = _pick_patches(trace)
-    render_pointer_vs_region(trace, region, label, style=style)
-
-
-def _pick_patches(trace: Any) -> list[int]:
-    key = f"_picked_{trace.trace_id}"
-    picked: list[int] = st.session_state.setdefault(key, [])
-    st.caption("Click a patch, or drag a box / lasso over patches, to add them; use Clear to start again.")
-    fig = patch_picker_figure(trace.image_size, trace.grid, resources.image_uri(trace.image_sha256), picked, height=420)
-    event = st.plotly_chart(fig, key="region_picker", theme=None, on_select="rerun",
-                            selection_mode=("points", "box", "lasso"),
-                            config={"displaylogo": False}, width="stretch")
-    points = (event or {}).get("selection", {}).get("points", []) if event else []
-    new = {int(p["customdata"]) if not isinstance(p.get("customdata"), list) else int(p["customdata"][0])
-           for p in points if p.get("customdata") is not None}
-    if new and not new.issubset(picked):
-        picked = sorted(set(picked) | new)
-        st.session_state[key] = picked
-        st.rerun()
-    c1, c2 = st.columns([4, 1])
-    c1.caption(f"{len(picked)} patches: {', '.join(map(str, picked[:40]))}{' …' if len(picked) > 40 else ''}")
-    if c2.button("Clear", key="region_clear", width="stretch"):
-        st.session_state[key] = []
-        st.rerun()
-    return picked
+        key = f"_picked_{trace.trace_id}"
+        region = list(st.session_state.get(key, []))
+        st.caption("On the canvas: click a patch to toggle it, drag a box to add cells, shift-drag to remove them.")
+        if st.button("Clear", key="region_clear"):
+            st.session_state[key] = region = []
+        label = "picked"
+    render_pointer_vs_region(trace, region, label, style=style, pick=source == "Pick on the grid")
 
 
 def render_pointer_vs_region(trace: Any, region: Sequence[int], label: str = "region", *,
-                             style: HeatmapStyle | None = None) -> None:
+                             style: HeatmapStyle | None = None, pick: bool = False) -> None:
     """The pointer of each step against a patch set (reusable by the annotate/review pages: pass an
-    annotated region's patch ids)."""
+    annotated region's patch ids). `pick`: the canvas is in edit mode and its selection is the region."""
     style = style or HeatmapStyle()
+    st.fragment(_region_view)(trace.trace_id, tuple(int(k) for k in region), label, style, pick)
+
+
+def _region_view(trace_id: str, region: tuple[int, ...], label: str, style: HeatmapStyle, pick: bool) -> None:
+    trace = resources.load_trace(trace_id)
+    n = len(trace.steps)
+    picked_key = f"_picked_{trace_id}"
+    if pick:  # the canvas's selection is the region (read here: a fragment rerun keeps its first arguments)
+        region = tuple(st.session_state.get(picked_key, ()))
+    p1, p2 = st.columns(2)
+    res = _panel(p1, trace, style, "cmp_canvas_region", boxes=() if pick else region_boxes(trace, region, label),
+                 edit=pick, selected=region)
+    if pick and res.selection is not None:
+        region = res.selection.patches
+        st.session_state[picked_key] = list(region)
+        if region:
+            p2.caption(f"{len(region)} patches · box {res.selection.box_text}")
     if not region:
-        st.info("Choose a region (a revisit, patch ids, or pick patches on the grid) to measure the pointer "
+        p2.info("Choose a region (a revisit, patch ids, or pick patches on the canvas) to measure the pointer "
                 "against it.")
         return
-    st.fragment(_region_view)(trace.trace_id, tuple(int(k) for k in region), label, style)
-
-
-def _region_view(trace_id: str, region: tuple[int, ...], label: str, style: HeatmapStyle) -> None:
-    trace = resources.load_trace(trace_id)
-    grid = trace.patch_grid()
-    boxes = grid.component_boxes(region)
-    n = len(trace.steps)
-    i = _step_slider("Step", "compare_step", n, 0)
+    i = min(res.step, n - 1)
     stack = trace.pointer_matrix()
     uniform = np.full(trace.grid, 1.0 / trace.n_patches, dtype=np.float32)
     series = compare.compare_pointer_series(stack, np.broadcast_to(uniform, stack.shape), region)
@@ -291,8 +291,7 @@ def _region_view(trace_id: str, region: tuple[int, ...], label: str, style: Heat
     ious = [compare.region_iou(rv.patches, region) for rv in resources.trace_revisits(trace_id)]
     c[3].metric("best revisit IoU", f"{max(ious):.2f}" if ious else "–",
                 help="IoU of the region with the closest revisit's patch set")
-    p1, p2 = st.columns(2)
-    _panel(p1, trace, i, style, "pointer", region_boxes=boxes, key="cmp_region_pointer")
+    boxes = trace.patch_grid().component_boxes(region)
     region_ptr = compare.region_mask(region, trace.grid).astype(np.float32)
     _diff_panel(p2, trace, trace.steps[i].pointer, region_ptr / region_ptr.sum(), key="cmp_region_diff",
                 region_boxes=boxes, title=f"pointer − uniform on {label} (blue: region the pointer misses)")

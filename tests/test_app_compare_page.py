@@ -24,8 +24,18 @@ def metrics(at) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
 
-def chart_metas(at) -> list:
-    return [json.loads(c.proto.spec)["layout"].get("meta") for c in at.get("plotly_chart")]
+def canvases(at) -> dict[str, dict]:
+    """The data each trace canvas on the page received, by its key's panel (a, b, region)."""
+    out = {}
+    for e in at.get("bidi_component"):
+        data = json.loads(e.proto.json)
+        out[e.proto.id.rsplit("cmp_canvas_", 1)[-1]] = data
+    return out
+
+
+def report(at, key: str, step: int, **extra) -> None:
+    """What a canvas does when its step settles in the browser: set its `step` state value."""
+    at.session_state[key] = {"step": step, **extra}
 
 
 def test_empty_state(app_env):
@@ -36,15 +46,17 @@ def test_empty_state(app_env):
 def test_two_steps_of_one_trace(synthetic_trace):
     at = open_compare(synthetic_trace)
     assert at.segmented_control(key="compare_mode").value == "Two steps"
-    assert at.slider(key="compare_step_b").value == 5  # defaults to the first revisit
+    c = canvases(at)
+    assert c["a"]["view"]["goto"] == 0 and c["b"]["view"]["goto"] == 5  # B starts at the first revisit
     m = metrics(at)
     assert {"JS divergence", "entropy A", "entropy B", "argmax distance"} <= set(m)
-    at.slider(key="compare_step_a").set_value(2)
-    at.slider(key="compare_step_b").set_value(2).run()
+    assert m["JS divergence"] != "0.000 bits"
+    report(at, "cmp_canvas_a", 2)
+    report(at, "cmp_canvas_b", 2)
+    at.run()
     no_exceptions(at)
     assert metrics(at)["JS divergence"] == "0.000 bits"
-    metas = chart_metas(at)
-    assert {"step": 2, "panel": "A"} in metas and {"step": 2, "panel": "B"} in metas
+    assert any(md.value == "**Step A = 2 · step B = 2**" for md in at.markdown)
 
 
 def test_two_traces_of_the_same_image(app_env):
@@ -56,11 +68,15 @@ def test_two_traces_of_the_same_image(app_env):
     no_exceptions(at)
     picker = at.selectbox(key="compare_trace_b")
     assert picker.options and len(picker.options) == 1 and picker.value == b.trace_id
-    at.slider(key="compare_step").set_value(6).run()
+    assert {k: d["trace_id"] for k, d in canvases(at).items()} == {"a": a.trace_id, "b": b.trace_id}
+    report(at, "cmp_canvas_a", 6)  # step A in the browser: B follows ("Lock steps")
+    at.run()
     no_exceptions(at)
     m = metrics(at)
     assert m["JS divergence"] == "0.000 bits" and m["argmax distance"] == "0.0 patches"  # same pointers
-    assert {"step": 6, "panel": "A"} in chart_metas(at) and {"step": 6, "panel": "B"} in chart_metas(at)
+    c = canvases(at)
+    assert c["a"]["view"]["goto"] == 6 and c["b"]["view"]["goto"] == 6
+    assert any(md.value == "**Step 6**" for md in at.markdown)
     tables = at.dataframe
     assert len(tables) >= 2  # per-step metrics + revisit IoU
     assert at.query_params["trace_b"] in (b.trace_id, [b.trace_id])
@@ -77,8 +93,10 @@ def test_pointer_vs_revisit_region_and_patch_ids(synthetic_trace):
     at = open_compare(synthetic_trace)
     at.segmented_control(key="compare_mode").set_value("Pointer vs region").run()
     no_exceptions(at)
-    at.slider(key="compare_step").set_value(5).run()  # the copy of patch 0, the first patch of R1
+    report(at, "cmp_canvas_region", 5)  # the copy of patch 0, the first patch of R1
+    at.run()
     m = metrics(at)
+    assert [b["label"] for b in canvases(at)["region"]["view"]["boxes"]] == ["R1·1", "R1·2"]
     assert float(m["mass in R1"].rstrip("%")) >= 80  # 0.8 of the mass was put on the copied patch
     assert m["argmax inside"] == "yes" and m["best revisit IoU"] == "1.00"
     at.radio(key="region_source").set_value("Patch ids").run()
@@ -87,6 +105,23 @@ def test_pointer_vs_revisit_region_and_patch_ids(synthetic_trace):
     assert "mass in region" in metrics(at)
     at.text_input(key="region_ids").set_value("0, 99999").run()
     assert any("outside the grid" in e.value for e in at.error)
+
+
+def test_pointer_vs_a_region_picked_on_the_canvas(synthetic_trace):
+    at = open_compare(synthetic_trace)
+    at.segmented_control(key="compare_mode").set_value("Pointer vs region").run()
+    at.radio(key="region_source").set_value("Pick on the grid").run()
+    no_exceptions(at)
+    assert canvases(at)["region"]["view"]["edit"] and not at.get("multiselect")
+    assert any("Choose a region" in i.value for i in at.info)
+    report(at, "cmp_canvas_region", 5, selection={"ids": [0, 1], "box": ""})
+    at.run()
+    no_exceptions(at)
+    m = metrics(at)
+    assert float(m["mass in picked"].rstrip("%")) >= 80 and m["argmax inside"] == "yes"
+    assert any(c.value.startswith("2 patches · box [") for c in at.caption)
+    at.button(key="region_clear").click().run()
+    assert canvases(at)["region"]["view"]["selected"] == []
 
 
 @pytest.mark.parametrize("mode", ["Two steps", "Pointer vs region"])
@@ -123,4 +158,4 @@ def test_parent_and_branch_side_by_side_show_divergence_and_answer(app_env):
     no_exceptions(at)
     info = " ".join(i.value for i in at.info)
     assert "Branch of A re-decoded from step 3" in info and "diverge from step 3" in info and "Answer changed" in info
-    assert at.slider(key="compare_step").value == 3
+    assert canvases(at)["a"]["view"]["goto"] == 3 and canvases(at)["b"]["view"]["goto"] == 3

@@ -48,6 +48,7 @@ interface ViewData {
   nonce: number
   height: number
   sync_url: boolean
+  boxes: RevisitBox[]
 }
 interface CanvasData { trace_id: string; static: StaticData | null; view: ViewData; windows: WindowData[] }
 interface CanvasState {
@@ -323,7 +324,8 @@ class TraceCanvas {
       this.layout()
     } else if (view.nonce !== this.lastNonce) {
       this.lastNonce = view.nonce
-      if (view.goto !== null) this.go(view.goto, false)
+      // a server move: shown, then reported back so the server's idea of the step is the browser's
+      if (view.goto !== null) this.go(view.goto, true)
     }
     this.root.dataset.ready = "1"
     this.ensureWindows()
@@ -680,6 +682,7 @@ class TraceCanvas {
     const boxes: RevisitBox[] = []
     if (view.regions === "all") for (const r of st.revisits) boxes.push(...r.boxes)
     else if (view.regions === "current" && cur >= 0) boxes.push(...st.revisits[cur].boxes)
+    boxes.push(...(view.boxes || []))
     ctx.font = `${12 * dpr}px sans-serif`
     boxes.forEach((b, j) => {
       const colour = REGION_COLOURS[j % REGION_COLOURS.length]
