@@ -32,6 +32,7 @@ from v1core import v1g
 from v1core.copy_tokens import COPY_RE
 
 from .annotations import AnnotationRecord
+from .codec import trace_to_json
 from .files import IMAGE_EXTENSIONS, IMAGE_MODES, ImageFiles, atomic_write, check_image_mode
 from .records import StoredRevisit
 
@@ -342,7 +343,8 @@ bytes whatever the size of a row."""
 def export_traces(store: "Store", out: str | os.PathLike, *, images: str = "none", annotations: bool = True,
                   status: Any = None, tag: str | None = None, model: str | None = None, annotated: bool | None = None,
                   verdict: Any = None, trace_ids: Sequence[str] | None = None, progress: bool = False) -> ExportReport:
-    """Every matching trace as `Trace.to_dict()` (float16 pointers as base64) — the batch tracer's format — plus
+    """Every matching trace as `storage.codec.trace_to_json` (`Trace.to_dict()` with the pointers as one codec
+    blob; the importer also reads the batch tracer's float16 `pointers_f16`) plus
     its annotation history under `"annotations"` (when it has one) and, with `images`, its image
     (`"image": {"path": "images/<sha>.png"}` or `{"bytes": base64}`). Export → import → export is byte-identical."""
     check_image_mode(images)
@@ -356,7 +358,7 @@ def export_traces(store: "Store", out: str | os.PathLike, *, images: str = "none
             ids = [r.id for r in rows]
             hist = store.history_by_trace(ids) if annotations else {}
             for tr in store.traces_for_rows(rows):
-                d = tr.to_dict()
+                d = trace_to_json(tr)
                 if images == "path":
                     rel = imgs.relpath(tr.image_sha256)
                     if rel:

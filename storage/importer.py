@@ -24,6 +24,7 @@ from v1core.trace import Trace
 from v1core.v1g import V1G_MODEL_ID
 
 from .annotations import AnnotationRecord
+from .codec import trace_from_json
 from .files import ImageSource, check_embedded_size
 
 if TYPE_CHECKING:
@@ -264,7 +265,7 @@ def _prepare(store: "Store", obj: Any, base: Path, *, kind: str, model_id: str, 
             raise ValueError("neither a full trace (needs grid, model_id, …) nor a v1g row (needs conversations)")
     image = None
     if kind == "traces":
-        trace = Trace.from_dict(dict(obj))
+        trace = trace_from_json(dict(obj))
         if obj.get("image"):
             data = _image_from_ref(obj["image"], base, images)
             if data is not None:

@@ -45,6 +45,7 @@ from .codec import (
     STATUSES,
     PreparedTrace,
     decode_step,
+    decode_steps,
     decode_trace,
     encode_trace,
     now_iso,
@@ -425,7 +426,7 @@ class Store:
 
     # ------------------------------------------------------------------ traces: read
     def get_trace(self, trace_id: str) -> Trace:
-        """The stored Trace (steps, float32 pointers decoded from float16). Raises `TraceNotFound` (a KeyError)."""
+        """The stored Trace (steps, float32 pointers decoded by `storage.codec`). Raises `TraceNotFound`."""
         with self._read() as s:
             row = self._visible_trace(s, trace_id)
             chunks = s.execute(select(TraceChunkRow.steps_json, TraceChunkRow.pointers)
@@ -449,6 +450,32 @@ class Store:
                                  TraceChunkRow.chunk == int(index) // t.steps_per_chunk)).first()
         pointers = c.pointers if t.has_pointers else None
         return decode_step(c.steps_json, pointers, int(index) - c.first_step, (t.grid_rows, t.grid_cols))
+
+    def get_steps(self, trace_id: str, start: int = 0, stop: int | None = None) -> list[Step]:
+        """Steps `start:stop` with their pointers, reading and decoding only the chunk rows that hold them (a
+        window of a 2,000-step trace without the rest). `stop` defaults to the end; the range is clipped to the
+        trace's steps. Raises `TraceNotFound`."""
+        with self._read() as s:
+            t = s.execute(select(TraceRow.steps_per_chunk, TraceRow.n_steps, TraceRow.grid_rows, TraceRow.grid_cols,
+                                 TraceRow.has_pointers, TraceRow.deleted_at).where(TraceRow.id == trace_id)).first()
+            if t is None or t.deleted_at is not None:
+                raise TraceNotFound(f"no trace {trace_id} in the store")
+            a = max(0, int(start))
+            b = t.n_steps if stop is None else min(int(stop), t.n_steps)
+            if b <= a:
+                return []
+            per = max(1, int(t.steps_per_chunk))
+            chunks = s.execute(select(TraceChunkRow.first_step, TraceChunkRow.steps_json, TraceChunkRow.pointers)
+                               .where(TraceChunkRow.trace_id == trace_id, TraceChunkRow.chunk >= a // per,
+                                      TraceChunkRow.chunk <= (b - 1) // per)
+                               .order_by(TraceChunkRow.chunk)).all()
+        grid = (t.grid_rows, t.grid_cols)
+        out: list[Step] = []
+        for c in chunks:
+            lo = max(a - c.first_step, 0)
+            hi = b - c.first_step
+            out.extend(decode_steps(c.steps_json, c.pointers if t.has_pointers else None, lo, hi, grid))
+        return out
 
     def get_revisits(self, trace_id: str) -> list[StoredRevisit]:
         """The stored revisits (as computed by `find_revisits` at save time), in order."""

@@ -28,16 +28,39 @@ TWO = (("triangle", (100, 120, 220, 230)), ("circle", (300, 300, 400, 420)))
 
 
 # ----------------------------------------------------------------------------- traces
+def test_lossless_pointer_mode_round_trips_float16_exactly(store, monkeypatch):
+    monkeypatch.setenv("V1STUDIO_POINTERS", "lossless")
+    tr = make_trace(boxes=TWO)
+    back = store.get_trace(store.save_trace(tr))
+    assert json.dumps(back.to_dict()) == json.dumps(tr.to_dict())  # float16 pointers bit for bit
+
+
+def test_step_ranges_decode_only_their_chunks(store):
+    tr = big_trace(37, 37, 300, seed=4)  # 1,369 patches: 95 steps a chunk, so 0:300 spans 4 chunks
+    tid = store.save_trace(tr)
+    whole = store.get_trace(tid)
+    for a, b in ((0, 1), (90, 100), (94, 96), (250, 300), (299, 400), (0, 300)):
+        got = store.get_steps(tid, a, b)
+        want = whole.steps[a:b]
+        assert [s.index for s in got] == [s.index for s in want]
+        assert all(np.array_equal(g.pointer, w.pointer) for g, w in zip(got, want))
+    assert store.get_steps(tid, 300, 310) == [] and len(store.get_steps(tid)) == 300
+    with pytest.raises(TraceNotFound):
+        store.get_steps("nope", 0, 1)
+
+
 def test_save_and_get_round_trip(store):
     tr = make_trace(boxes=TWO, tags=["demo", "shapes"], parent_id="p" * 32, branch_step=3,
                     branch_edit={"kind": "replace", "patches": [1, 2]})
     tid = store.save_trace(tr)
     assert tid == tr.trace_id
     back = store.get_trace(tid)
-    assert json.dumps(back.to_dict()) == json.dumps(tr.to_dict())  # float16 pointers, every field, key order
+    # every field and the key order; pointers are compared within the codec's bounds below
+    assert json.dumps(back.to_dict(include_pointers=False)) == json.dumps(tr.to_dict(include_pointers=False))
     assert back.has_pointers and back.pointer_matrix().dtype == np.float32
     tv = 0.5 * np.abs(back.pointer_matrix() - tr.pointer_matrix()).sum(axis=(1, 2))
-    assert tv.max() <= 1e-3
+    near_copy = np.array([st.patch is not None or st.p_copy >= 0.2 for st in tr.steps])
+    assert tv[~near_copy].max(initial=0) <= 1e-2 and tv[near_copy].max(initial=0) <= 1e-3 and near_copy.any()
     assert [r.patches for r in back.revisits] == [r.patches for r in tr.revisits]
     stored = store.get_revisits(tid)
     assert [(r.query, r.object_name) for r in stored] == [("triangle", "obj0"), ("circle", "obj1")]
