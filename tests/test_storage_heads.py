@@ -139,8 +139,8 @@ def test_export_rule_single_agree_disagree_consensus(store, tmp_path):
     assert {s.trace_id: s.annotation_state for s in store.list_traces()} == {
         single: "single", agree: "agree", disagree: "disagree", ruled: "consensus"}
     assert store.get_annotation(disagree) is None and store.get_annotation(ruled).annotator == "rita"
-    rep = export_v1g(store, tmp_path / "x.jsonl")
-    rows = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "x.jsonl").read_text().splitlines()}
+    rep = export_v1g(store, tmp_path / "x.jsonl", verdict=None)  # every judged trace, not only the correct ones
+    rows = {json.loads(line)["trace_id"]: json.loads(line) for line in (tmp_path / "x.jsonl").read_text().splitlines()}
     assert set(rows) == {single, agree, ruled}
     assert rows[ruled]["annotator"] == "rita" and rows[ruled]["verdict"] == "incorrect"
     assert any(s.startswith(disagree) and UNRESOLVED in s for s in rep.skipped)
