@@ -131,7 +131,8 @@ def test_committed_bundle_is_built_from_the_current_sources():
     assert "export{" in bundle.read_text().replace(" ", "")  # an ES module with the renderer as default export
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed (`make test` installs Debian nodejs; the bundle test needs Node ≥ 18)")
+@pytest.mark.skipif(shutil.which("node") is None,
+                    reason="node is not installed (`make test` installs Debian nodejs; the test needs Node ≥ 18)")
 def test_bundle_region_text_matches_v1core_geometry():
     cases = []
     rng = np.random.default_rng(7)
