@@ -24,7 +24,7 @@ from .safe_text import md_escape
 
 # Session-state keys (widget keys are part of the public test surface: see tests/test_app_*.py).
 TRACE_KEY = "trace_id"
-STEP_KEY = "step"  # the viewer's step slider
+STEP_KEY = "step"  # the step the viewer's canvas reports
 PENDING_STEP_KEY = "_pending_step"
 ANNOTATOR_KEY = "annotator"  # the sidebar text box
 _ANNOTATOR_KEPT = "_annotator_name"  # survives page changes (Streamlit drops widget state of unrendered pages)
