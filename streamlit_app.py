@@ -14,17 +14,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `app`, `v1core`, `st
 from app import resources
 
 
+# Page icons are emoji: the browser draws the active page's icon as the favicon, and Streamlit turns an emoji into
+# an inline SVG but a `:material/…:` icon into a request to an outside font host (an offline tool makes none).
 PAGES = [
-    st.Page("pages/viewer.py", title="Viewer", icon=":material/visibility:", url_path="viewer", default=True),
-    st.Page("pages/run.py", title="Run", icon=":material/play_circle:", url_path="run"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
-    st.Page("pages/annotate.py", title="Annotate", icon=":material/edit_note:", url_path="annotate"),
-    st.Page("pages/review.py", title="Review", icon=":material/rate_review:", url_path="review"),
-    st.Page("pages/library.py", title="Library", icon=":material/table_view:", url_path="library"),
-    st.Page("pages/export.py", title="Export", icon=":material/download:", url_path="export"),
+    st.Page("pages/viewer.py", title="Viewer", icon="🔍", url_path="viewer", default=True),
+    st.Page("pages/run.py", title="Run", icon="▶️", url_path="run"),
+    st.Page("pages/compare.py", title="Compare", icon="🆚", url_path="compare"),
+    st.Page("pages/annotate.py", title="Annotate", icon="✍️", url_path="annotate"),
+    st.Page("pages/review.py", title="Review", icon="⚖️", url_path="review"),
+    st.Page("pages/library.py", title="Library", icon="📚", url_path="library"),
+    st.Page("pages/export.py", title="Export", icon="📦", url_path="export"),
 ]
 
-st.set_page_config(page_title="v1 Studio", page_icon=":material/my_location:", layout="wide")
+st.set_page_config(page_title="v1 Studio", page_icon="🎯", layout="wide")
 page = st.navigation(PAGES)
 resources.ensure_seeded()
 page.run()

@@ -31,6 +31,7 @@ def serve(
         "--server.port", str(port), "--server.address", host,
         "--server.headless", "true" if headless else "false",
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+        "--runner.postScriptGC", "false",  # no full gc.collect() after every rerun (see .streamlit/config.toml)
     ]
     typer.echo(f"v1 Studio on http://{host}:{port}")
     raise typer.Exit(subprocess.call(cmd))
