@@ -102,39 +102,48 @@ def generation_gate() -> GenerationGate:
 
 # ----------------------------------------------------------------------------- traces and images
 @st.cache_resource(show_spinner=False, max_entries=48)
-def _trace(url: str, trace_id: str) -> Any:
+def _trace(url: str, trace_id: str, stamp: str) -> Any:
+    """Keyed by the trace's stamp: a save by another process (a live trace growing, a batch import, a delete)
+    changes the stamp, so the next page view decodes the new version instead of showing a stale one."""
     try:
         return _store(url).get_trace(trace_id)
-    except KeyError:
+    except (KeyError, LookupError):
         return None
-    except LookupError:
-        return None
+
+
+def _stamp(trace_id: str) -> str | None:
+    return _store(store_url()).trace_stamp(str(trace_id))
 
 
 def load_trace(trace_id: str | None) -> Any:
-    """The stored Trace (cached; treat it as read-only) or None when there is no such trace."""
+    """The stored Trace (cached per stored version; treat it as read-only) or None when there is no such trace.
+    One primary-key read per call checks the cached copy is still the stored one."""
     if not trace_id:
         return None
-    trace = _trace(store_url(), str(trace_id))
+    stamp = _stamp(trace_id)
+    if stamp is None:
+        return None
+    trace = _trace(store_url(), str(trace_id), stamp)
     if trace is None:
-        _trace.clear(store_url(), str(trace_id))  # do not cache misses: it may be saved a moment later
+        _trace.clear(store_url(), str(trace_id), stamp)  # do not cache misses: it may be saved a moment later
     return trace
 
 
 def forget_trace(trace_id: str) -> None:
-    _trace.clear(store_url(), str(trace_id))
-    _revisits.clear(store_url(), str(trace_id))
+    _trace.clear()
+    _revisits.clear()
 
 
 @st.cache_resource(show_spinner=False, max_entries=48)
-def _revisits(url: str, trace_id: str) -> list:
-    trace = _trace(url, trace_id)
+def _revisits(url: str, trace_id: str, stamp: str) -> list:
+    trace = _trace(url, trace_id, stamp)
     return [] if trace is None else list(trace.revisits)
 
 
 def trace_revisits(trace_id: str) -> list:
-    """`trace.revisits` (connected-component boxes and detect() text), computed once per trace."""
-    return _revisits(store_url(), str(trace_id))
+    """`trace.revisits` (connected-component boxes and detect() text), computed once per stored version."""
+    stamp = _stamp(trace_id)
+    return [] if stamp is None else _revisits(store_url(), str(trace_id), stamp)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)

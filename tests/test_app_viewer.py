@@ -203,3 +203,22 @@ def test_redecode_with_another_region_stores_a_branch_and_reports_the_answer_dif
     diff = answer_diff(parent, child)
     assert diff["first_divergent_step"] == parent.revisits[0].start_step
     assert set(diff) == {"parent_answer", "branch_answer", "answer_changed", "first_divergent_step"}
+
+
+def test_trace_cache_follows_saves_by_other_processes(synthetic_trace):
+    """A trace re-saved or deleted behind the app's back (another server, the batch tracer) is never served
+    stale: the cache is keyed by the stored version's stamp."""
+    from app import resources
+
+    store, t = resources.get_store(), synthetic_trace
+    first = resources.load_trace(t.trace_id)
+    assert first is not None and len(first.steps) == len(t.steps)
+    grown = store.get_trace(t.trace_id)
+    grown.steps = grown.steps[:3]
+    grown.status = "cancelled"
+    store.save_trace(grown)
+    again = resources.load_trace(t.trace_id)
+    assert again.status == "cancelled" and len(again.steps) == 3
+    store.add_annotator("rita", role="reviewer")
+    store.delete_trace(t.trace_id, by="rita")
+    assert resources.load_trace(t.trace_id) is None
